@@ -1,0 +1,229 @@
+"""The base class of every accelerated flow, its registry, and input validation.
+
+A flow is a ``torch.nn.Module`` with ``forward(x, context=None) -> (z, logabsdet)`` (data to
+latent, with ``log|det ∂z/∂x|`` per sample) and ``inverse(z, context=None) -> x``. Parameters and
+buffers are named as in the kind's canonical layout, so :meth:`Flow.to_spec` and
+:meth:`Flow.from_spec` are generic.
+
+Validation follows ``torch.distributions``: every flow checks its inputs (type, dtype, shape,
+NaN/inf, domain) and its outputs (non-finite values) unless validation is turned off, per instance
+(``validate_args=False``) or globally (:meth:`Flow.set_default_validate_args`), for hot paths.
+Checking finiteness synchronises a CUDA stream, which is what the switch is for.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flowspec.errors import ConfigError, DomainError, FlowInputError, NumericalError
+from flowspec.spec import FlowSpec
+
+MODULES: dict[str, type["Flow"]] = {}
+
+
+def register(kind: str):
+    """Class decorator: make ``cls`` the accelerated implementation of ``kind``."""
+    def wrap(cls: type["Flow"]) -> type["Flow"]:
+        cls.kind = kind
+        MODULES[kind] = cls
+        return cls
+    return wrap
+
+
+def from_spec(spec: FlowSpec, *, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> "Flow":
+    """Build the accelerated flow described by ``spec`` (any registered kind)."""
+    try:
+        cls = MODULES[spec.kind]
+    except KeyError:
+        raise ConfigError(
+            f"flowspec.accelerated has no implementation of kind {spec.kind!r}; "
+            f"it implements: {', '.join(sorted(MODULES))}"
+        ) from None
+    return cls.from_spec(spec).to(dtype=dtype, device=device)
+
+
+def _describe_bad(t: Tensor) -> str:
+    bad = ~torch.isfinite(t)
+    idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+    return f"{int(bad.sum())} non-finite entries, first at index {idx}"
+
+
+class Flow(nn.Module):
+    """Base class (see the module docstring). Subclasses implement ``_forward`` and ``_inverse``."""
+
+    kind: ClassVar[str] = ""
+    domain: ClassVar[tuple[float | None, float | None]] = (None, None)
+    codomain: ClassVar[tuple[float | None, float | None]] = (None, None)
+    context_shape: tuple[int, ...] | None = None
+    _default_validate_args: ClassVar[bool] = True
+
+    def __init__(self, *, validate_args: bool | None = None):
+        super().__init__()
+        self.validate_args = Flow._default_validate_args if validate_args is None else validate_args
+        # An empty buffer that follows .to(dtype, device), so that parameter-free flows know theirs.
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
+
+    @staticmethod
+    def set_default_validate_args(value: bool) -> None:
+        """Turn validation on or off for every flow created afterwards (default: on)."""
+        Flow._default_validate_args = bool(value)
+
+    # ------------------------------------------------------------------ shapes and config
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.event_shape
+
+    def config(self) -> dict[str, Any]:
+        """The kind's plain configuration (the ``config`` of :meth:`to_spec`)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ public API
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(z, log|det ∂z/∂x|)`` for a batch ``x`` of shape ``(batch, *event_shape)``."""
+        if self.validate_args:
+            self._check(x, self.event_shape, self.domain, "x")
+            self._check_context(context, x.shape[0])
+        z, logdet = self._forward(x, context)
+        if self.validate_args:
+            self._check_output(z, "forward")
+            self._check_output(logdet, "log|det|")
+        return z, logdet
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``x = f⁻¹(z)`` for a batch ``z`` of shape ``(batch, *latent_shape)``."""
+        if self.validate_args:
+            self._check(z, self.latent_shape, self.codomain, "z")
+            self._check_context(context, z.shape[0])
+        x = self._inverse(z, context)
+        if self.validate_args:
+            self._check_output(x, "inverse")
+        return x
+
+    def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ spec exchange
+    def spec_children(self) -> dict[str, "Flow"]:
+        """Child flows by their name in the spec's params (default: direct child modules that are flows)."""
+        return {name: child for name, child in self.named_children() if isinstance(child, Flow)}
+
+    def spec_tensors(self) -> dict[str, Tensor]:
+        """Parameters and buffers in the canonical layout, by canonical (dotted) name.
+
+        Tensors of descendant flows belong to their own specs and are left out, as are names with a
+        part that starts with an underscore (internal state such as power-iteration vectors).
+        """
+        nested = {
+            id(t) for m in self.modules() if m is not self and isinstance(m, Flow)
+            for t in list(m.parameters()) + list(m.buffers())
+        }
+        tensors = dict(self.named_parameters())
+        tensors.update(self.named_buffers())
+        return {
+            k: v for k, v in tensors.items()
+            if id(v) not in nested and not any(part.startswith("_") for part in k.split("."))
+        }
+
+    def spec_parameters(self, prefix: str = "") -> dict[str, Tensor]:
+        """Trainable tensors by the dotted names of :meth:`FlowSpec.flat_params` (gradients are compared on these)."""
+        out = {prefix + k: v for k, v in self.spec_tensors().items() if isinstance(v, nn.Parameter) and v.requires_grad}
+        for name, child in self.spec_children().items():
+            out.update(child.spec_parameters(f"{prefix}{name}."))
+        return out
+
+    def to_spec(self) -> FlowSpec:
+        """The neutral description of this flow, with float64 parameters."""
+        params: dict[str, Any] = {
+            name: t.detach().to("cpu", torch.float64).numpy().copy() for name, t in self.spec_tensors().items()
+        }
+        params.update({name: child.to_spec() for name, child in self.spec_children().items()})
+        return FlowSpec(self.kind, self.config(), params)
+
+    @classmethod
+    def from_spec(cls, spec: FlowSpec) -> "Flow":
+        """Build from ``spec`` (float64, CPU; move it with ``.to``)."""
+        if spec.kind != cls.kind:
+            raise ConfigError(f"{cls.__name__} implements kind {cls.kind!r}, not {spec.kind!r}")
+        flow = cls(**spec.config).to(torch.float64)
+        flow.load_spec_params(spec)
+        return flow
+
+    def load_spec_params(self, spec: FlowSpec) -> None:
+        """Copy the canonical arrays of ``spec`` into this flow's tensors, checking names and shapes."""
+        mine = self.spec_tensors()
+        arrays = {k: v for k, v in spec.params.items() if not isinstance(v, FlowSpec)}
+        if set(mine) != set(arrays):
+            raise ConfigError(
+                f"params of kind {self.kind!r} must be {sorted(mine)}, got {sorted(arrays)}"
+            )
+        with torch.no_grad():
+            for name, tensor in mine.items():
+                value = np.asarray(arrays[name])
+                if tuple(value.shape) != tuple(tensor.shape):
+                    raise ConfigError(
+                        f"param {name!r} of kind {self.kind!r} must have shape {tuple(tensor.shape)}, "
+                        f"got {value.shape}"
+                    )
+                tensor.copy_(torch.as_tensor(np.array(value), dtype=tensor.dtype))
+
+    # ------------------------------------------------------------------ validation
+    def _dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    def _check(self, t: Any, shape: tuple[int, ...], bounds: tuple[float | None, float | None], what: str) -> None:
+        if not isinstance(t, Tensor):
+            raise FlowInputError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise FlowInputError(f"{what} must be a floating-point tensor, got dtype {t.dtype}")
+        dtype = self._dtype()
+        if t.dtype != dtype:
+            raise FlowInputError(f"{what} has dtype {t.dtype} but the {self.kind!r} flow's parameters are {dtype}")
+        if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
+            raise FlowInputError(
+                f"{what} for kind {self.kind!r} must have shape (batch, {', '.join(map(str, shape))}), "
+                f"got {tuple(t.shape)}"
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise FlowInputError(f"{what} holds NaN or inf: {_describe_bad(t)}")
+        low, high = bounds
+        outside = torch.zeros_like(t, dtype=torch.bool)
+        if low is not None:
+            outside |= t <= low
+        if high is not None:
+            outside |= t >= high
+        if bool(outside.any()):
+            idx = tuple(int(i) for i in torch.nonzero(outside)[0])
+            raise DomainError(
+                f"{what} lies outside the domain ({low}, {high}) of kind {self.kind!r} at index {idx} "
+                f"(value {float(t[idx])!r}; {int(outside.sum())} entries in all)"
+            )
+
+    def _check_context(self, context: Tensor | None, batch: int) -> None:
+        if self.context_shape is None:
+            if context is not None:
+                raise FlowInputError(f"kind {self.kind!r} takes no context, but one was given")
+            return
+        if context is None:
+            raise FlowInputError(f"kind {self.kind!r} needs a context of shape (batch, *{self.context_shape})")
+        self._check(context, self.context_shape, (None, None), "context")
+        if context.shape[0] != batch:
+            raise FlowInputError(f"context has batch size {context.shape[0]}, the input {batch}")
+
+    def _check_output(self, t: Tensor, what: str) -> None:
+        if not bool(torch.isfinite(t).all()):
+            raise NumericalError(f"{what} of kind {self.kind!r} produced non-finite values: {_describe_bad(t)}")
+
+
+def batch_sum(t: Tensor) -> Tensor:
+    """Sum over all but the batch dimension."""
+    return t.reshape(t.shape[0], -1).sum(dim=1)

@@ -1,0 +1,170 @@
+"""Properties every kind must have.
+
+White-box (same FlowSpec in the implementation and the reference): forward values, log-det
+(the reference's is ``slogdet`` of the full autograd Jacobian), inverse and gradients match the
+reference. Black-box (the implementation alone): log-det equals ``slogdet`` of a finite-difference
+Jacobian of the implementation's own forward, the inverse round-trips, a sample's result does not
+depend on the rest of its batch, and bad input raises a clear error.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flowspec import reference, registry
+
+from . import finite_diff, strategies
+from .property import CheckContext, PropertyFailure, prop
+from .strategies import event_size
+
+
+def _draw(ctx: CheckContext, batch: int = strategies.BATCH):
+    spec = ctx.draw_spec()
+    return spec, ctx.draw_input(spec, batch=batch), ctx.draw_context(spec, batch)
+
+
+@prop("forward_matches_reference", requires=["white_box"])
+def forward_matches_reference(ctx: CheckContext) -> None:
+    """z = f(x) equals the reference's."""
+    spec, x, c = _draw(ctx)
+    z, _ = ctx.adapter.forward(ctx.load(spec), x, c)
+    ctx.assert_close(z, reference.forward(spec, x, c), "forward", event_size(spec), "z")
+
+
+@prop("logdet_matches_reference", requires=["white_box"])
+def logdet_matches_reference(ctx: CheckContext) -> None:
+    """log|det ∂f/∂x| equals slogdet of the reference's full autograd Jacobian."""
+    spec, x, c = _draw(ctx)
+    _, logdet = ctx.adapter.forward(ctx.load(spec), x, c)
+    ctx.assert_close(logdet, reference.log_abs_det(spec, x, c), "logdet", event_size(spec), "log|det|")
+
+
+@prop("logdet_matches_fd_jacobian", requires=["black_box"])
+def logdet_matches_fd_jacobian(ctx: CheckContext) -> None:
+    """log|det| equals slogdet of a Richardson central-difference Jacobian of the implementation's forward."""
+    spec, x, c = _draw(ctx, batch=2)
+    flow = ctx.instantiate(spec)
+    _, logdet = ctx.adapter.forward(flow, x, c)
+    domain = registry.get(spec.kind).domain
+
+    expected = []
+    for b in range(x.shape[0]):
+        c_b = None if c is None else c[b:b + 1]
+
+        def f(points: np.ndarray, c_b=c_b) -> np.ndarray:
+            return ctx.adapter.forward(flow, points, None if c_b is None else np.repeat(c_b, len(points), 0))[0]
+
+        jac = finite_diff.jacobian(f, x[b:b + 1], ctx.dtype, domain)[0]
+        sign, value = np.linalg.slogdet(jac)
+        ctx.require(sign != 0, "finite-difference Jacobian is singular")
+        expected.append(value)
+    ctx.assert_close(logdet, np.array(expected), "fd_logdet", event_size(spec), "log|det| vs finite differences")
+
+
+@prop("inverse_matches_reference", requires=["white_box", "inverse"])
+def inverse_matches_reference(ctx: CheckContext) -> None:
+    """f⁻¹(z) equals the reference's inverse, for z = f(x) from the reference."""
+    spec, x, c = _draw(ctx)
+    z = reference.forward(spec, x, c)
+    x_hat = ctx.adapter.inverse(ctx.load(spec), z, c)
+    ctx.assert_close(x_hat, reference.inverse(spec, z, c), "inverse", event_size(spec), "x = f⁻¹(z)")
+
+
+@prop("inverse_round_trip", requires=["black_box", "inverse"])
+def inverse_round_trip(ctx: CheckContext) -> None:
+    """f⁻¹(f(x)) ≈ x and f(f⁻¹(z)) ≈ z, including large magnitudes."""
+    spec = ctx.draw_spec()
+    x = ctx.draw_input(spec, strategies.large_magnitudes(spec.kind))
+    c = ctx.draw_context(spec)
+    flow = ctx.instantiate(spec)
+    z, _ = ctx.adapter.forward(flow, x, c)
+    ctx.assert_close(ctx.adapter.inverse(flow, z, c), x, "roundtrip", event_size(spec), "f⁻¹(f(x)) vs x")
+    z0 = ctx.draw_input(spec, latent=True)
+    ctx.assert_close(ctx.adapter.forward(flow, ctx.adapter.inverse(flow, z0, c), c)[0], z0, "roundtrip",
+                     event_size(spec), "f(f⁻¹(z)) vs z")
+
+
+@prop("grad_matches_reference", requires=["white_box", "grad"])
+def grad_matches_reference(ctx: CheckContext) -> None:
+    """Gradients of Σ w·z + Σ u·log|det| w.r.t. params and x equal the reference's autograd."""
+    spec, x, c = _draw(ctx, batch=2)
+    z = reference.forward(spec, x, c)
+    zw = ctx.draw(strategies.weights(z.shape), "z_weight")
+    lw = ctx.draw(strategies.weights((x.shape[0],)), "logdet_weight")
+    g_params, g_x = ctx.adapter.vjp(ctx.load(spec), x, zw, lw, c)
+    r_params, r_x = reference.vjp(spec, x, zw, lw, c)
+    unknown = sorted(set(g_params) - set(r_params))
+    ctx.require(not unknown, f"gradients for names not in the spec: {unknown}")
+    size = event_size(spec)
+    ctx.assert_close(g_x, r_x, "grad", size, "∂L/∂x")
+    for name in sorted(g_params):
+        ctx.assert_close(g_params[name], r_params[name], "grad", size, f"∂L/∂{name}")
+
+
+@prop("batch_independence", requires=["black_box"])
+def batch_independence(ctx: CheckContext) -> None:
+    """A sample's z and log|det| do not depend on the other samples of its batch."""
+    spec, x, c = _draw(ctx)
+    flow = ctx.instantiate(spec)
+    other = ctx.draw_input(spec)
+    mixed = np.concatenate([x[:1], other[1:]])
+    c_mixed = None if c is None else np.concatenate([c[:1], ctx.draw_context(spec)[1:]])
+    z, ld = ctx.adapter.forward(flow, x, c)
+    z_alone, ld_alone = ctx.adapter.forward(flow, x[:1], None if c is None else c[:1])
+    z_mixed, ld_mixed = ctx.adapter.forward(flow, mixed, c_mixed)
+    size = event_size(spec)
+    for name, (zz, ll) in {"alone": (z_alone, ld_alone), "in another batch": (z_mixed[:1], ld_mixed[:1])}.items():
+        ctx.assert_close(zz, z[:1], "forward", size, f"z of sample 0 {name}")
+        ctx.assert_close(ll, ld[:1], "logdet", size, f"log|det| of sample 0 {name}")
+
+
+def _bad_inputs(spec, x: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
+    kind = registry.get(spec.kind)
+    bad = {}
+    nan, inf = x.copy(), x.copy()
+    nan.flat[x.size // 2] = np.nan
+    inf.flat[0] = np.inf
+    bad.update({"NaN entry": nan, "inf entry": inf, "no batch dimension": x[0]})
+    bad["wrong event shape"] = np.concatenate([x, x], axis=-1)
+    other = np.float32 if dtype == "float64" else np.float64
+    bad[f"dtype {np.dtype(other).name} for a {dtype} flow"] = x.astype(other)
+    bad["integer dtype"] = np.round(x).astype(np.int64)
+    if kind.domain.high is not None:
+        for value in (kind.domain.high, kind.domain.high + 0.5):
+            above = x.copy()
+            above.flat[0] = value
+            bad[f"entry {value} outside the domain {kind.domain.name}"] = above
+    if kind.domain.low is not None:
+        below = x.copy()
+        below.flat[0] = kind.domain.low
+        bad[f"entry {kind.domain.low} outside the domain {kind.domain.name}"] = below
+    return bad
+
+
+@prop("bad_input_rejected", requires=["black_box"])
+def bad_input_rejected(ctx: CheckContext) -> None:
+    """NaN, inf, wrong shape or dtype and out-of-domain input raise the declared input error."""
+    spec, x, c = _draw(ctx)
+    flow = ctx.instantiate(spec)
+    errors = ctx.adapter.capabilities().input_errors
+    caps = ctx.adapter.capabilities()
+    cases = [("forward", name, bad) for name, bad in _bad_inputs(spec, x, ctx.dtype).items()]
+    if caps.has("inverse"):
+        z = ctx.adapter.forward(flow, x, c)[0]
+        z[0].flat[0] = np.nan
+        cases.append(("inverse", "NaN entry", z))
+    for direction, name, bad in cases:
+        call = ctx.adapter.forward if direction == "forward" else ctx.adapter.inverse
+        batch = bad.shape[0] if bad.ndim == x.ndim else 1
+        cb = None if c is None else np.resize(c, (batch,) + c.shape[1:])
+        try:
+            call(flow, bad, cb, raw=True)
+        except errors as exc:
+            ctx.require(bool(str(exc)), f"{direction} with {name} raised {type(exc).__name__} without a message")
+            continue
+        except Exception as exc:  # noqa: BLE001 - any other exception is the failure being reported
+            raise PropertyFailure(
+                f"{direction} with {name} raised {type(exc).__name__} ({exc}), not one of "
+                f"{[e.__name__ for e in errors]}"
+            ) from exc
+        raise PropertyFailure(f"{direction} with {name} returned without an error")
+    ctx.record(0.0, 0.0)

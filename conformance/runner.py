@@ -1,0 +1,135 @@
+"""Runs properties against an adapter and collects one :class:`Result` per (kind, property, dtype, device)."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+from hypothesis import given, settings, strategies as st
+
+from flowspec import registry
+
+from . import profiles, strategies
+from .adapter import Adapter, NotSupported
+from .property import PROPERTIES, CheckContext, Inconclusive, Property, PropertyFailure
+
+STATUSES = ("passed", "failed", "inconclusive", "not_supported", "skipped")
+
+
+@dataclass
+class Result:
+    """The verdict on one property for one kind, dtype and device."""
+
+    kind: str
+    property: str
+    dtype: str
+    device: str
+    status: str
+    max_error: float | None = None
+    tolerance: float | None = None
+    message: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _message(exc: BaseException) -> str:
+    notes = [n for n in getattr(exc, "__notes__", []) if n.strip()]
+    text = f"{type(exc).__name__}: {exc}"
+    return "\n".join([text] + notes)
+
+
+def _worst(errors: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    if not errors:
+        return None, None
+    ratio = lambda et: et[0] / et[1] if et[1] > 0 else (0.0 if et[0] == 0 else float("inf"))  # noqa: E731
+    return max(errors, key=ratio)
+
+
+def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str, profile: str = "ci") -> Result:
+    """Run ``prop`` for one kind, dtype and device under the hypothesis ``profile``."""
+    caps = adapter.capabilities()
+    result = Result(kind, prop.name, dtype, device, "passed")
+    why_not = (
+        f"adapter does not implement kind {kind!r}" if kind not in caps.kinds
+        else f"adapter does not support dtype {dtype}" if dtype not in caps.dtypes
+        else f"missing capabilities: {', '.join(prop.missing(adapter))}" if prop.missing(adapter)
+        else None
+    )
+    if why_not:
+        result.status, result.message = "not_supported", why_not
+        return result
+    if device not in caps.devices:
+        result.status, result.message = "skipped", f"device {device} is not available"
+        return result
+    errors: list[tuple[float, float]] = []
+    inconclusive: list[str] = []
+
+    @settings(profiles.get(profile))
+    @given(st.data())
+    def body(data) -> None:
+        ctx = CheckContext(adapter, kind, dtype, device, data, errors)
+        try:
+            prop.check(ctx)
+        except Inconclusive as exc:
+            inconclusive.append(str(exc))
+
+    start = time.perf_counter()
+    try:
+        with adapter.checking():
+            body()
+    except NotSupported as exc:
+        result.status, result.message = "not_supported", str(exc)
+    except PropertyFailure as exc:
+        result.status, result.message = "failed", _message(exc)
+        errors.append((exc.error, exc.tol if exc.tol is not None else 0.0))
+    except Exception as exc:  # noqa: BLE001 - an implementation crash is a failure, reported with its message
+        result.status, result.message = "failed", _message(exc)
+    else:
+        if inconclusive:
+            result.status, result.message = "inconclusive", inconclusive[0]
+    result.seconds = time.perf_counter() - start
+    result.max_error, result.tolerance = _worst(errors)
+    return result
+
+
+def applicable(kinds: Iterable[str] | None, properties: Iterable[str] | None) -> list[tuple[str, Property]]:
+    """(kind, property) pairs to run: registered kinds with strategies, properties that apply to them."""
+    from . import load_families
+
+    load_families()
+    kind_names = [k for k in (kinds or registry.names()) if strategies.has_specs(k)]
+    unknown = set(kinds or ()) - set(registry.names())
+    if unknown:
+        raise ValueError(f"unknown kinds: {sorted(unknown)}")
+    props = [PROPERTIES[p] for p in properties] if properties else list(PROPERTIES.values())
+    return [(k, p) for k in kind_names for p in props if p.applies(k)]
+
+
+def run(
+    adapter: Adapter,
+    *,
+    kinds: Iterable[str] | None = None,
+    properties: Iterable[str] | None = None,
+    dtypes: Iterable[str] = ("float64", "float32"),
+    devices: Iterable[str] = ("cpu",),
+    profile: str = "ci",
+    progress: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Run the suite; ``progress`` is called with each result as it is produced."""
+    from . import load_families
+
+    load_families()
+    unknown = set(properties or ()) - set(PROPERTIES)
+    if unknown:
+        raise ValueError(f"unknown properties: {sorted(unknown)}; known: {sorted(PROPERTIES)}")
+    results = []
+    for kind, prop in applicable(kinds, properties):
+        for dtype in dtypes:
+            for device in devices:
+                result = run_one(adapter, prop, kind, dtype, device, profile)
+                results.append(result)
+                if progress:
+                    progress(result)
+    return results

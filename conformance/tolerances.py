@@ -1,0 +1,68 @@
+"""The one tolerance table.
+
+Every comparison in the suite is ``error ≤ tolerance(quantity, dtype, size)`` where ``error`` is
+the norm-wise relative error of :func:`relative_error` (the largest absolute difference divided by
+``max(1, largest |expected|)``, so values near zero are compared absolutely) and
+
+    tolerance = multiplier[quantity] · ε(dtype) · size ** exponent[quantity]
+
+``ε`` is the dtype's machine epsilon and ``size`` the number of entries of one sample (D). The
+multipliers cover the rounding of a few dozen floating-point operations per output; the exponent
+says how errors accumulate with D: forward values are computed entry by entry (√D covers the
+reductions inside conditioners), log-determinants and gradients are sums over D terms (D¹).
+Inverses and round trips get larger multipliers because solving amplifies rounding by the
+condition number of the Jacobian. Finite-difference Jacobians (black-box mode) are accurate to
+``ε^(4/5)`` with a two-level Richardson extrapolation at step ``ε^(1/5)`` (truncation ``h⁴`` balanced
+against rounding ``ε/h``), so their tolerance is built on ``ε^(4/5)`` instead of ``ε``.
+
+Statistical checks do not use this table: they state a false-alarm rate (see the roulette properties).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps)}
+
+
+@dataclass(frozen=True)
+class Rule:
+    multiplier: float
+    exponent: float
+    base: str = "eps"  # "eps" or "fd" (ε^(4/5), finite differences)
+    why: str = ""
+
+
+TABLE: dict[str, Rule] = {
+    "forward": Rule(64.0, 0.5, why="entrywise maps; conditioner reductions grow like √D"),
+    "logdet": Rule(64.0, 1.0, why="a sum of D log terms"),
+    "inverse": Rule(1024.0, 1.0, why="solves amplify rounding by the Jacobian's condition number"),
+    "roundtrip": Rule(1024.0, 1.0, why="forward then inverse: two rounding paths and a solve"),
+    "grad": Rule(256.0, 1.0, why="reverse-mode sums over D outputs and through the log-det"),
+    "diag": Rule(64.0, 1.0, why="diagonal of the Jacobian, chain rule through depth"),
+    "fd_logdet": Rule(256.0, 1.0, base="fd", why="slogdet of a Richardson central-difference Jacobian"),
+    "fd_jacobian": Rule(64.0, 0.5, base="fd", why="entries of a Richardson central-difference Jacobian"),
+}
+
+
+def fd_step(dtype: str) -> float:
+    """Base step of the central differences: ε^(1/5) balances h⁴ truncation against ε/h rounding."""
+    return EPS[dtype] ** 0.2
+
+
+def tolerance(quantity: str, dtype: str, size: int) -> float:
+    """The tolerance for ``quantity`` at ``dtype`` for samples of ``size`` entries (module docstring)."""
+    rule = TABLE[quantity]
+    eps = EPS[dtype] if rule.base == "eps" else EPS[dtype] ** 0.8
+    return rule.multiplier * eps * max(int(size), 1) ** rule.exponent
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """``max|actual − expected| / max(1, max|expected|)``; ``inf`` on a shape mismatch or non-finite value."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape or not np.all(np.isfinite(actual)):
+        return float("inf")
+    if actual.size == 0:
+        return 0.0
+    return float(np.max(np.abs(actual - expected)) / max(1.0, float(np.max(np.abs(expected)))))

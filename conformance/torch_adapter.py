@@ -1,0 +1,167 @@
+"""An adapter for implementations whose flows are ``torch.nn.Module`` objects.
+
+``TorchFlowAdapter(builder=..., kinds=...)`` works for any module that follows the accelerated
+layer's calling convention (``module(x, context) -> (z, logabsdet)``, ``module.inverse(z, context)``);
+white-box mode needs ``builder(spec) -> module`` whose named parameters carry the canonical names,
+black-box mode ``instantiator(kind, config, seed) -> module``. Hooks are methods of the module with
+the hook's name, called with tensors converted from the suite's arrays.
+
+While the suite checks, :meth:`checking` pins deterministic convolution algorithms and turns TF32
+off (on CUDA, TF32 matmuls would otherwise hide or fake small errors).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from flowspec.spec import FlowSpec
+
+from .adapter import Adapter, Array, Capabilities, NotSupported
+
+
+@contextlib.contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """Deterministic cuDNN convolutions and no TF32 for the duration; the previous state is restored."""
+    import torch
+
+    saved = (
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        (
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+        ) = saved
+
+
+class TorchFlowAdapter(Adapter):
+    """Adapter for torch modules (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kinds: Callable[[], set[str]] | set[str],
+        builder: Callable[[FlowSpec], Any] | None = None,
+        instantiator: Callable[[str, Mapping[str, Any], int], Any] | None = None,
+        hooks: set[str] = frozenset(),
+        input_errors: tuple[type[BaseException], ...] = (Exception,),
+        white_box: bool = True,
+    ):
+        self.name = name
+        self._kinds = kinds
+        self._builder = builder
+        self._instantiator = instantiator
+        self._hooks = frozenset({"inverse", "grad"} | set(hooks))
+        self._input_errors = input_errors
+        self._white_box = white_box and builder is not None
+
+    def capabilities(self) -> Capabilities:
+        import torch
+
+        kinds = self._kinds() if callable(self._kinds) else self._kinds
+        modes = {"white_box"} if self._white_box else set()
+        if self._builder is not None or self._instantiator is not None:
+            modes.add("black_box")
+        devices = {"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"}
+        return Capabilities(
+            kinds=frozenset(kinds), devices=frozenset(devices), modes=frozenset(modes),
+            hooks=self._hooks, input_errors=self._input_errors,
+        )
+
+    # ------------------------------------------------------------------ building
+    def _place(self, module: Any, dtype: str, device: str) -> Any:
+        import torch
+
+        return module.to(dtype=getattr(torch, dtype), device=device)
+
+    def load(self, spec: FlowSpec, dtype: str, device: str) -> Any:
+        if not self._white_box:
+            raise NotSupported(f"{self.name} cannot load a FlowSpec")
+        return self._place(self._builder(spec), dtype, device)
+
+    def instantiate(self, kind: str, config: Mapping[str, Any], seed: int, dtype: str, device: str) -> Any:
+        if self._instantiator is None:
+            raise NotSupported(f"{self.name} cannot instantiate flows without a FlowSpec")
+        return self._place(self._instantiator(kind, config, seed), dtype, device)
+
+    # ------------------------------------------------------------------ conversion
+    @staticmethod
+    def _ref(module: Any):
+        import torch
+
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point():
+                return t.dtype, t.device
+        return getattr(module, "_conformance_dtype", torch.float64), torch.device("cpu")
+
+    def tensor(self, module: Any, array: Any, *, raw: bool = False, requires_grad: bool = False):
+        """``array`` as a tensor on the module's device, cast to its dtype unless ``raw``."""
+        import torch
+
+        dtype, device = self._ref(module)
+        t = torch.as_tensor(np.asarray(array)).to(device)
+        if not raw:
+            t = t.to(dtype)
+        return t.requires_grad_(requires_grad) if requires_grad else t
+
+    @staticmethod
+    def array(t: Any) -> Array:
+        return t.detach().to("cpu").double().numpy()
+
+    def _context(self, module: Any, context: Array | None, raw: bool):
+        return None if context is None else self.tensor(module, context, raw=raw)
+
+    # ------------------------------------------------------------------ calls
+    def forward(self, flow: Any, x: Array, context: Array | None = None, *, raw: bool = False) -> tuple[Array, Array]:
+        import torch
+
+        with torch.no_grad():
+            z, logdet = flow(self.tensor(flow, x, raw=raw), self._context(flow, context, raw))
+        return self.array(z), self.array(logdet)
+
+    def inverse(self, flow: Any, z: Array, context: Array | None = None, *, raw: bool = False) -> Array:
+        import torch
+
+        with torch.no_grad():
+            return self.array(flow.inverse(self.tensor(flow, z, raw=raw), self._context(flow, context, raw)))
+
+    def vjp(self, flow, x, z_weight, logdet_weight, context=None):
+        import torch
+
+        params = self.spec_parameters(flow)
+        xt = self.tensor(flow, x, requires_grad=True)
+        z, logdet = flow(xt, self._context(flow, context, False))
+        loss = (z * self.tensor(flow, z_weight)).sum() + (logdet * self.tensor(flow, logdet_weight)).sum()
+        names = list(params)
+        grads = torch.autograd.grad(loss, [params[n] for n in names] + [xt], allow_unused=True)
+        out = {n: (np.zeros(tuple(params[n].shape)) if g is None else self.array(g)) for n, g in zip(names, grads)}
+        return out, self.array(grads[-1])
+
+    def spec_parameters(self, flow: Any) -> dict[str, Any]:
+        """Tensors w.r.t. which gradients are compared, by canonical dotted name.
+
+        Uses ``flow.spec_parameters()`` where the module defines it, else its trainable parameters.
+        """
+        if hasattr(flow, "spec_parameters"):
+            return dict(flow.spec_parameters())
+        return {n: p for n, p in flow.named_parameters() if p.requires_grad}
+
+    def call_hook(self, flow: Any, hook: str, *args: Any, **kwargs: Any) -> Any:
+        if hook not in self._hooks or not hasattr(flow, hook):
+            raise NotSupported(f"{self.name} has no hook {hook!r} for {type(flow).__name__}")
+        return getattr(flow, hook)(*args, **kwargs)
+
+    def checking(self):
+        return deterministic_torch()

@@ -1,0 +1,123 @@
+"""The one registry of flow kinds.
+
+Each kind is defined once, by its reference family module (``flowspec.reference.<family>``): the
+reference *is* the executable specification, so the single-sample forward map, the event shape, the
+canonical parameter layout (``init_params``) and the domain live there. The accelerated layer and
+any third-party implementation implement kinds by name; the conformance suite walks this registry.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .errors import ConfigError, DomainError
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The set a flow's input must lie in; ``low``/``high`` are open bounds (None = unbounded)."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+
+    def violations(self, x: np.ndarray) -> np.ndarray:
+        """Boolean mask of entries outside the (open) domain."""
+        bad = np.zeros(np.shape(x), dtype=bool)
+        if self.low is not None:
+            bad |= ~(np.asarray(x) > self.low)
+        if self.high is not None:
+            bad |= ~(np.asarray(x) < self.high)
+        return bad
+
+    def project(self, x: np.ndarray, margin: float = 1e-3) -> np.ndarray:
+        """``x`` moved inside the domain by at least ``margin`` of its width (a solver's start)."""
+        if self.low is None or self.high is None:
+            return np.asarray(x)
+        width = self.high - self.low
+        return np.clip(x, self.low + margin * width, self.high - margin * width)
+
+    def check(self, x: np.ndarray, what: str = "input") -> None:
+        bad = self.violations(x)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise DomainError(
+                f"{what} lies outside the domain {self.name} at index {idx} "
+                f"(value {np.asarray(x)[idx]!r}; {int(bad.sum())} entries in all)"
+            )
+
+
+REAL = Domain("the real numbers")
+UNIT_INTERVAL = Domain("(0, 1)", 0.0, 1.0)
+
+Forward = Callable[..., Any]  # (spec, x, context) -> z for one sample, in autograd-NumPy
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Everything that defines a kind (see the module docstring).
+
+    ``forward(spec, x, context)`` maps one sample of shape ``event_shape(config)`` to the latent;
+    ``inverse`` is given where the kind has an analytic inverse (otherwise the reference solves);
+    ``init_params(config, rng)`` returns generic parameters in the canonical layout;
+    ``check_config(config)`` raises :class:`ConfigError` on an invalid configuration.
+    ``domain``/``codomain`` are the sets x and z live in; ``latent_shape`` is z's shape where it
+    differs from x's (squeeze). Composite kinds carry their ``event_shape`` in their config.
+    ``extras`` carries kind-specific reference quantities (estimators, exact norms, ...).
+    """
+
+    name: str
+    family: str
+    forward: Forward
+    event_shape: Callable[[Mapping[str, Any]], tuple[int, ...]]
+    init_params: Callable[[Mapping[str, Any], np.random.Generator], dict[str, Any]]
+    inverse: Forward | None = None
+    domain: Domain = REAL
+    codomain: Domain = REAL
+    latent_shape: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
+    context_shape: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
+    check_config: Callable[[Mapping[str, Any]], None] | None = None
+    composite: bool = False
+    summary: str = ""
+    extras: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def output_shape(self, config: Mapping[str, Any]) -> tuple[int, ...]:
+        """Shape of one latent sample z."""
+        return tuple((self.latent_shape or self.event_shape)(config))
+
+    def validate_config(self, config: Mapping[str, Any]) -> None:
+        if self.check_config is not None:
+            self.check_config(config)
+
+
+_KINDS: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    """Add a kind; a name can be registered once."""
+    if kind.name in _KINDS and _KINDS[kind.name] is not kind:
+        raise ConfigError(f"kind {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def _populate() -> None:
+    importlib.import_module("flowspec.reference")
+
+
+def get(name: str) -> Kind:
+    """The registered kind called ``name``; raises :class:`ConfigError` naming the known kinds."""
+    _populate()
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown flow kind {name!r}; registered kinds: {', '.join(sorted(_KINDS))}") from None
+
+
+def names() -> list[str]:
+    """Every registered kind name, in registration order."""
+    _populate()
+    return list(_KINDS)
