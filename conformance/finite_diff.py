@@ -3,8 +3,8 @@
 Central differences at steps ``h`` and ``h/2`` combined by one Richardson extrapolation,
 ``J ≈ (4·D(h/2) − D(h)) / 3``, whose truncation error is ``O(h⁴)``. The base step is
 ``ε^(1/5)`` of the dtype the implementation computes in (see :mod:`.tolerances`), scaled by
-``max(1, |x_i|)``, rounded to a power of two, and capped at a quarter of the distance to the
-domain's boundary. Points are rounded to that dtype before use and the differences divide by the
+``max(1, |x_i|)`` — or by the distance to the domain's boundary where that is smaller, since a
+map like logit varies on that length scale — and rounded down to a power of two. Points are rounded to that dtype before use and the differences divide by the
 *rounded* step, so that float32 evaluation does not add a representation error of the step.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ ROUND = {"float64": np.float64, "float32": np.float32}
 
 
 def _steps(x: np.ndarray, dtype: str, domain: Domain) -> np.ndarray:
-    h = fd_step(dtype) * np.maximum(1.0, np.abs(x))
+    scale = np.maximum(1.0, np.abs(x))
     if domain.low is not None:
-        h = np.minimum(h, 0.25 * (x - domain.low))
+        scale = np.minimum(scale, x - domain.low)
     if domain.high is not None:
-        h = np.minimum(h, 0.25 * (domain.high - x))
-    return 2.0 ** np.floor(np.log2(h))
+        scale = np.minimum(scale, domain.high - x)
+    return 2.0 ** np.floor(np.log2(fd_step(dtype) * scale))
 
 
 def jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, dtype: str, domain: Domain) -> np.ndarray:

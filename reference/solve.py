@@ -1,6 +1,7 @@
 """The reference inverse: analytic where the kind has one, otherwise a damped Newton solve.
 
-Newton runs on the full autograd Jacobian of one sample and stops when the residual
+Newton runs on the full autograd Jacobian of one sample, from x0 = y (or the origin where f(y)
+overflows), and stops when the residual
 ``‖f(x) − y‖₂ ≤ rtol · max(‖y‖₂, 1)`` (relative to ‖y‖, with a floor of 1 so that y ≈ 0 is still a
 meaningful target). Each step is damped by backtracking until the residual decreases. A solve that
 does not meet the tolerance raises :class:`ConvergenceError` carrying its relative residual.
@@ -44,9 +45,13 @@ def newton_solve(
     scale = _scale(target)
 
     def residual(point: Array) -> Array:
-        return np.asarray(f(point)) - target
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite trial points are rejected below
+            return np.asarray(f(point)) - target
 
     r = residual(x)
+    if not np.all(np.isfinite(r)):  # the default start x0 = y can overflow f: start from the origin
+        x = domain.project(np.zeros_like(x))
+        r = residual(x)
     for it in range(max_iter):
         if np.linalg.norm(r) <= rtol * scale:
             return x.reshape(shape)
