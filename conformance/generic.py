@@ -145,8 +145,8 @@ def bad_input_rejected(ctx: CheckContext) -> None:
     """NaN, inf, wrong shape or dtype and out-of-domain input raise the declared input error."""
     spec, x, c = _draw(ctx)
     flow = ctx.instantiate(spec)
-    errors = ctx.adapter.capabilities().input_errors
     caps = ctx.adapter.capabilities()
+    errors = caps.input_errors
     cases = [("forward", name, bad) for name, bad in _bad_inputs(spec, x, ctx.dtype).items()]
     if caps.has("inverse"):
         z = ctx.adapter.forward(flow, x, c)[0]
@@ -156,15 +156,20 @@ def bad_input_rejected(ctx: CheckContext) -> None:
         call = ctx.adapter.forward if direction == "forward" else ctx.adapter.inverse
         batch = bad.shape[0] if bad.ndim == x.ndim else 1
         cb = None if c is None else np.resize(c, (batch,) + c.shape[1:])
-        try:
-            call(flow, bad, cb, raw=True)
-        except errors as exc:
-            ctx.require(bool(str(exc)), f"{direction} with {name} raised {type(exc).__name__} without a message")
-            continue
-        except Exception as exc:  # noqa: BLE001 - any other exception is the failure being reported
-            raise PropertyFailure(
-                f"{direction} with {name} raised {type(exc).__name__} ({exc}), not one of "
-                f"{[e.__name__ for e in errors]}"
-            ) from exc
-        raise PropertyFailure(f"{direction} with {name} returned without an error")
+        _expect_error(ctx, errors, direction, name, lambda: call(flow, bad, cb, raw=True))
+    if c is not None:
+        _expect_error(ctx, errors, "forward", "no context", lambda: ctx.adapter.forward(flow, x, None, raw=True))
     ctx.record(0.0, 0.0)
+
+
+def _expect_error(ctx: CheckContext, errors: tuple, direction: str, name: str, call) -> None:
+    try:
+        call()
+    except errors as exc:
+        ctx.require(bool(str(exc)), f"{direction} with {name} raised {type(exc).__name__} without a message")
+        return
+    except Exception as exc:  # noqa: BLE001 - any other exception is the failure being reported
+        raise PropertyFailure(
+            f"{direction} with {name} raised {type(exc).__name__} ({exc}), not one of {[e.__name__ for e in errors]}"
+        ) from exc
+    raise PropertyFailure(f"{direction} with {name} returned without an error")
