@@ -159,9 +159,15 @@ class TorchFlowAdapter(Adapter):
         return {n: p for n, p in flow.named_parameters() if p.requires_grad}
 
     def call_hook(self, flow: Any, hook: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the module's method ``hook``: NumPy array arguments become tensors on the module's
+        dtype and device, a tensor result becomes a float64 array; other values pass unchanged."""
+        import torch
+
         if hook not in self._hooks or not hasattr(flow, hook):
             raise NotSupported(f"{self.name} has no hook {hook!r} for {type(flow).__name__}")
-        return getattr(flow, hook)(*args, **kwargs)
+        convert = lambda a: self.tensor(flow, a) if isinstance(a, np.ndarray) else a  # noqa: E731
+        result = getattr(flow, hook)(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
+        return self.array(result) if isinstance(result, torch.Tensor) else result
 
     def checking(self):
         return deterministic_torch()

@@ -1,0 +1,37 @@
+"""Spec strategies for actnorm and its data-dependent initialisation property."""
+from __future__ import annotations
+
+import numpy as np
+
+from flowspec import reference
+from flowspec.reference.actnorm import actnorm_init
+from flowspec.spec import FlowSpec
+
+from .elementwise import SHAPES
+from .finite_diff import ROUND
+from .property import CheckContext, prop
+from .strategies import config, event_size, from_configs, register_specs
+
+
+@register_specs("actnorm")
+def _actnorm():
+    return from_configs("actnorm", config(shape=SHAPES))
+
+
+@prop("actnorm_data_init", requires=["black_box", "initialize"], kinds=["actnorm"])
+def actnorm_data_init(ctx: CheckContext) -> None:
+    """After initialize(x), f(x) has per-channel mean 0 and variance 1 (divisor n, over the batch and
+    the spatial positions) and z and log|det| equal the reference's for the parameters of
+    reference.actnorm.actnorm_init(x) (Glow Sec. 3.1)."""
+    spec = ctx.draw_spec()
+    x = ctx.draw_input(spec).astype(ROUND[ctx.dtype]).astype(np.float64)  # the values the flow sees
+    flow = ctx.instantiate(spec)
+    ctx.adapter.call_hook(flow, "initialize", x)
+    z, logdet = ctx.adapter.forward(flow, x)
+    size = event_size(spec)
+    per_channel = np.moveaxis(z, 1, 0).reshape(z.shape[1], -1)
+    ctx.assert_close(per_channel.mean(axis=1), np.zeros(z.shape[1]), "forward", size, "per-channel mean of z")
+    ctx.assert_close(per_channel.var(axis=1), np.ones(z.shape[1]), "forward", size, "per-channel variance of z")
+    expected = FlowSpec("actnorm", spec.config, actnorm_init(x, spec.config))
+    ctx.assert_close(z, reference.forward(expected, x), "forward", size, "z after initialisation")
+    ctx.assert_close(logdet, reference.log_abs_det(expected, x), "logdet", size, "log|det| after initialisation")
