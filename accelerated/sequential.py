@@ -47,7 +47,10 @@ class Sequential(Flow):
         return self.flows[-1].codomain
 
     def config(self) -> dict[str, Any]:
-        return {"event_shape": list(self.event_shape), "latent_shape": list(self.latent_shape)}
+        config: dict[str, Any] = {"event_shape": list(self.event_shape), "latent_shape": list(self.latent_shape)}
+        if self.context_shape is not None:
+            config["context_shape"] = list(self.context_shape)
+        return config
 
     def _context(self, child: Flow, context: Tensor | None) -> Tensor | None:
         return context if child.context_shape is not None else None

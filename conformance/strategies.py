@@ -82,10 +82,10 @@ def inputs(spec: FlowSpec, magnitudes: tuple[float, ...] = MAGNITUDES, batch: in
 
 def contexts(spec: FlowSpec, batch: int = BATCH) -> st.SearchStrategy:
     """Strategy of context batches (``None`` for kinds without a context)."""
-    kind = registry.get(spec.kind)
-    if kind.context_shape is None:
+    context_shape = registry.get(spec.kind).context_of(spec.config)
+    if context_shape is None:
         return st.none()
-    shape = (batch,) + tuple(kind.context_shape(spec.config))
+    shape = (batch,) + context_shape
     return st.builds(lambda seed: rng("context", seed).standard_normal(shape), SEEDS)
 
 

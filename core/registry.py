@@ -65,7 +65,9 @@ class Kind:
     ``init_params(config, rng)`` returns generic parameters in the canonical layout;
     ``check_config(config)`` raises :class:`ConfigError` on an invalid configuration.
     ``domain``/``codomain`` are the sets x and z live in; ``latent_shape`` is z's shape where it
-    differs from x's (squeeze). Composite kinds carry their ``event_shape`` in their config.
+    differs from x's (squeeze); ``context_shape`` is the shape of one context sample for kinds that
+    may be conditional (it returns None for a config that takes no context, see
+    :meth:`context_of`). Composite kinds carry their ``event_shape`` in their config.
     ``extras`` carries kind-specific reference quantities (estimators, exact norms, ...).
     """
 
@@ -78,7 +80,7 @@ class Kind:
     domain: Domain = REAL
     codomain: Domain = REAL
     latent_shape: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
-    context_shape: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
+    context_shape: Callable[[Mapping[str, Any]], tuple[int, ...] | None] | None = None
     check_config: Callable[[Mapping[str, Any]], None] | None = None
     composite: bool = False
     summary: str = ""
@@ -87,6 +89,13 @@ class Kind:
     def output_shape(self, config: Mapping[str, Any]) -> tuple[int, ...]:
         """Shape of one latent sample z."""
         return tuple((self.latent_shape or self.event_shape)(config))
+
+    def context_of(self, config: Mapping[str, Any]) -> tuple[int, ...] | None:
+        """Shape of one context sample, or None where the kind (with this config) takes no context."""
+        if self.context_shape is None:
+            return None
+        shape = self.context_shape(config)
+        return None if shape is None else tuple(shape)
 
     def validate_config(self, config: Mapping[str, Any]) -> None:
         if self.check_config is not None:

@@ -44,12 +44,11 @@ def check_input(spec: FlowSpec, x: Any, what: str = "x", *, latent: bool = False
 
 
 def check_context(spec: FlowSpec, context: Any, batch: int | None) -> Array | None:
-    kind = registry.get(spec.kind)
-    if kind.context_shape is None:
+    shape = registry.get(spec.kind).context_of(spec.config)
+    if shape is None:
         if context is not None:
             raise FlowInputError(f"kind {spec.kind!r} takes no context, but one was given")
         return None
-    shape = tuple(kind.context_shape(spec.config))
     arr = np.asarray(context, dtype=np.float64) if context is not None else None
     expected = shape if batch is None else (batch,) + shape
     if arr is None or arr.shape != expected:

@@ -1,8 +1,10 @@
 """Sequential composition: z = f_n ∘ … ∘ f_1 (x).
 
 A ``sequential`` spec nests its children as params ``"0"``, ``"1"``, … and carries the first
-child's input shape as ``config["event_shape"]`` (and the last child's output shape as
-``config["latent_shape"]``); :func:`sequential_spec` fills both in.
+child's input shape as ``config["event_shape"]``, the last child's output shape as
+``config["latent_shape"]`` and, where some children are conditional, their common context shape
+as ``config["context_shape"]`` (passed to those children only); :func:`sequential_spec` fills
+them in.
 """
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ def sequential_spec(children: Sequence[FlowSpec]) -> FlowSpec:
         "event_shape": list(first.event_shape(children[0].config)),
         "latent_shape": list(last.output_shape(children[-1].config)),
     }
+    contexts = {registry.get(c.kind).context_of(c.config) for c in children} - {None}
+    if len(contexts) > 1:
+        raise ConfigError(f"children need different context shapes: {sorted(contexts)}")
+    if contexts:
+        config["context_shape"] = list(contexts.pop())
     return FlowSpec("sequential", config, {str(i): c for i, c in enumerate(children)})
 
 
@@ -37,15 +44,20 @@ def _children(spec: FlowSpec) -> list[FlowSpec]:
     return [spec.params[str(i)] for i in range(len(spec.params))]
 
 
+def _context(child: FlowSpec, context: Any) -> Any:
+    """The context for ``child``: passed on to conditional children only."""
+    return None if registry.get(child.kind).context_of(child.config) is None else context
+
+
 def sequential_forward(spec: FlowSpec, x: Any, context: Any = None) -> Any:
     for child in _children(spec):
-        x = forward_one(child, x, context if registry.get(child.kind).context_shape else None)
+        x = forward_one(child, x, _context(child, context))
     return x
 
 
 def sequential_inverse(spec: FlowSpec, z: Any, context: Any = None) -> Any:
     for child in reversed(_children(spec)):
-        z = inverse_one(child, z, context if registry.get(child.kind).context_shape else None)
+        z = inverse_one(child, z, _context(child, context))
     return z
 
 
@@ -64,5 +76,6 @@ def _no_params(config: Mapping[str, Any], rng: np.random.Generator) -> dict:
 register(Kind(
     name="sequential", family=FAMILY, forward=sequential_forward, inverse=sequential_inverse,
     event_shape=_shape("event_shape"), latent_shape=_shape("latent_shape"), init_params=_no_params,
+    context_shape=lambda config: tuple(config["context_shape"]) if config.get("context_shape") else None,
     composite=True, summary="composition of child flows, first child applied first",
 ))

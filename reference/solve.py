@@ -3,12 +3,14 @@
 Newton runs on the full autograd Jacobian of one sample, from x0 = y (or the origin where f(y)
 overflows), and stops when the residual
 ``‖f(x) − y‖₂ ≤ rtol · max(‖y‖₂, 1)`` (relative to ‖y‖, with a floor of 1 so that y ≈ 0 is still a
-meaningful target). Each step is damped by backtracking until the residual decreases. A solve that
+meaningful target), then takes one polishing step (kept if it does not increase the residual) so
+that the answer is accurate to rounding, not merely to the tolerance. Each step is damped by
+backtracking until the residual decreases. A solve that
 does not meet the tolerance raises :class:`ConvergenceError` carrying its relative residual.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -25,6 +27,25 @@ _MAX_HALVINGS = 40
 
 def _scale(y: Array) -> float:
     return max(float(np.linalg.norm(y)), 1.0)
+
+
+def _newton_step(spec: FlowSpec, x: Array, r: Array, context: Any) -> Array:
+    shape = tuple(registry.get(spec.kind).event_shape(spec.config))
+    jac = np.asarray(jacobian_one(spec, x.reshape(shape), context))
+    try:
+        return np.linalg.solve(jac, r)
+    except np.linalg.LinAlgError:
+        raise NumericalError(f"singular Jacobian in the Newton inverse of kind {spec.kind!r}") from None
+
+
+def _polish(spec: FlowSpec, x: Array, r: Array, residual: Any, context: Any) -> Array:
+    """One more full Newton step once the tolerance is met: quadratic convergence takes the error from
+    the tolerance down to rounding level; the step is kept only if it does not increase the residual."""
+    candidate = x - _newton_step(spec, x, r, context)
+    if registry.get(spec.kind).domain.violations(candidate).any():
+        return x
+    r_new = residual(candidate)
+    return candidate if np.all(np.isfinite(r_new)) and np.linalg.norm(r_new) <= np.linalg.norm(r) else x
 
 
 def newton_solve(
@@ -54,12 +75,8 @@ def newton_solve(
         r = residual(x)
     for it in range(max_iter):
         if np.linalg.norm(r) <= rtol * scale:
-            return x.reshape(shape)
-        jac = np.asarray(jacobian_one(spec, x.reshape(shape), context))
-        try:
-            step = np.linalg.solve(jac, r)
-        except np.linalg.LinAlgError:
-            raise NumericalError(f"singular Jacobian in the Newton inverse of kind {spec.kind!r}") from None
+            return _polish(spec, x, r, residual, context).reshape(shape)
+        step = _newton_step(spec, x, r, context)
         t, norm_r = 1.0, np.linalg.norm(r)
         for _ in range(_MAX_HALVINGS):
             candidate = x - t * step
@@ -75,7 +92,7 @@ def newton_solve(
             )
         x, r = candidate, r_new
     if np.linalg.norm(r) <= rtol * scale:
-        return x.reshape(shape)
+        return _polish(spec, x, r, residual, context).reshape(shape)
     raise ConvergenceError(
         f"Newton inverse of kind {spec.kind!r} did not converge",
         residual=float(np.linalg.norm(r) / scale), iterations=max_iter, tolerance=rtol,
@@ -98,3 +115,30 @@ def inverse(spec: FlowSpec, y: Any, context: Any = None, **solver: Any) -> Array
     x = np.stack([inverse_one(spec, y[i], None if ctx is None else ctx[i], **solver) for i in range(y.shape[0])])
     kind.domain.check(x, "the inverse's result")
     return x
+
+
+def bisect_increasing(fn: Callable[[float], float], target: float, low: float, high: float) -> float:
+    """The root of ``fn(t) = target`` for an increasing scalar ``fn`` with ``fn(low) ≤ target ≤ fn(high)``.
+
+    Bisection until no float lies strictly between the bracket's ends, so the result is exact to
+    one unit in the last place of t (up to the rounding of ``fn`` itself). Raises
+    :class:`ConvergenceError` if the bracket does not hold the target.
+    """
+    f_low, f_high = fn(low) - target, fn(high) - target
+    if not (f_low <= 0.0 <= f_high):
+        scale = max(abs(target), 1.0)
+        raise ConvergenceError(
+            f"bisection bracket [{low!r}, {high!r}] does not hold the target {target!r}",
+            residual=min(abs(f_low), abs(f_high)) / scale, iterations=0, tolerance=0.0,
+        )
+    while True:
+        mid = 0.5 * (low + high)
+        if mid <= low or mid >= high:
+            return low if abs(f_low) <= abs(f_high) else high
+        f_mid = fn(mid) - target
+        if f_mid == 0.0:
+            return mid
+        if f_mid < 0.0:
+            low, f_low = mid, f_mid
+        else:
+            high, f_high = mid, f_mid

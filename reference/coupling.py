@@ -1,0 +1,279 @@
+"""Coupling layers: NICE's additive coupling and RealNVP's affine coupling.
+
+A binary mask ``b`` splits the event into an unchanged part (``b = 1``) and a transformed part
+(``b = 0``); a conditioner network reads only the unchanged part (and an optional context) and
+outputs the shift ``t`` (and the log-scale ``s``) of the transformed part (survey eq. 36-39; slides
+"Coupling Law - NICE", "Coupling Law - RealNVP", "Real NVP via Masked Convolution"):
+
+* ``additive_coupling``:  z = b⊙x + (1 − b)⊙(x + t(b⊙x)),                 log|det| = 0;
+* ``affine_coupling``:    z = b⊙x + (1 − b)⊙(x⊙exp(s(b⊙x)) + t(b⊙x)),     log|det| = Σ_{b=0} s,
+  with the bounded log-scale ``s = scale_factor · tanh(s_raw)``.
+
+Config (every key but ``shape`` has a default, see :data:`DEFAULTS`):
+
+* ``shape``: ``[D]`` (a vector, D ≥ 2) or ``[C, H, W]`` (an image);
+* ``mask``: ``"channel"`` — ``b = 1`` on the first ⌊n/2⌋ entries of the vector (n = D) or on the
+  first ⌊C/2⌋ channels of the image (eq. 38: the first d entries pass unchanged); or
+  ``"checkerboard"`` — ``b = 1`` on odd indices of a vector, or where h + w is odd in an image
+  (the slides' spatial checkerboard);
+* ``parity``: 0 uses that ``b``, 1 its complement (the halves swap roles);
+* ``conditioner``: ``"mlp"`` (any shape: the unchanged entries, in flat order, followed by the
+  context, go through dense layers to ``k·n_t`` outputs for the ``n_t`` transformed entries in flat
+  order) or ``"conv"`` (images only: 3×3 convolutions with zero padding read ``b⊙x`` and output
+  ``k·C`` channels, used where ``b = 0``). ``k`` is 1 (``t``) for additive and 2 (``s_raw`` then
+  ``t``, each a contiguous half of the output) for affine coupling;
+* ``hidden`` (width or channels), ``depth`` (number of hidden layers, each followed by
+  ``activation`` in ``"tanh"``, ``"relu"``, ``"elu"``); ``context_dim`` (MLP only; 0 = no context);
+* ``scale_factor`` (affine only, > 0).
+
+Parameters: the conditioner's layers ``net.{2i}.weight`` and ``net.{2i}.bias`` for
+``i = 0, …, depth`` (the names of a ``torch.nn.Sequential`` that alternates layers and activations),
+with dense weights ``(out, in)`` and convolution weights ``(out, in, 3, 3)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Mapping
+
+import autograd.numpy as anp
+import numpy as np
+
+from flowspec.errors import ConfigError
+from flowspec.registry import Kind, register
+from flowspec.spec import FlowSpec
+
+from .conv import conv2d
+
+FAMILY = "coupling"
+MASKS = ("channel", "checkerboard")
+CONDITIONERS = ("mlp", "conv")
+KERNEL = 3
+DEFAULTS: dict[str, Any] = {
+    "mask": "channel", "parity": 0, "conditioner": "mlp", "hidden": 8, "depth": 1,
+    "activation": "tanh", "context_dim": 0,
+}
+AFFINE_DEFAULTS: dict[str, Any] = {**DEFAULTS, "scale_factor": 1.0}
+
+ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
+    "tanh": anp.tanh,
+    "relu": lambda a: a * (a > 0),
+    "elu": lambda a: anp.where(a > 0, a, anp.expm1(anp.minimum(a, 0.0))),
+}
+
+
+@dataclass(frozen=True)
+class CouplingConfig:
+    """A validated coupling configuration (see the module docstring)."""
+
+    shape: tuple[int, ...]
+    mask: str
+    parity: int
+    conditioner: str
+    hidden: int
+    depth: int
+    activation: str
+    context_dim: int
+    scale_factor: float | None
+
+    @property
+    def outputs_per_entry(self) -> int:
+        """k: conditioner outputs per transformed entry (t; or s_raw and t)."""
+        return 1 if self.scale_factor is None else 2
+
+
+def _int_at_least(config: Mapping[str, Any], key: str, low: int) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"config[{key!r}] of a coupling layer must be an int ≥ {low}, got {value!r}")
+    return value
+
+
+def _choice(config: Mapping[str, Any], key: str, options: tuple[str, ...]) -> str:
+    if config[key] not in options:
+        raise ConfigError(f"config[{key!r}] of a coupling layer must be one of {list(options)}, got {config[key]!r}")
+    return config[key]
+
+
+def _check_shape(value: Any, mask: str, conditioner: str) -> tuple[int, ...]:
+    shape = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(shape) not in (1, 3) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise ConfigError(
+            f"config['shape'] of a coupling layer must be [D] or [C, H, W] of positive ints, got {value!r}"
+        )
+    if conditioner == "conv" and len(shape) != 3:
+        raise ConfigError(f"the conv conditioner needs an image shape [C, H, W], got {list(shape)}")
+    if len(shape) == 1 and shape[0] < 2:
+        raise ConfigError(f"a coupling layer needs D ≥ 2 entries to split, got shape {list(shape)}")
+    if len(shape) == 3 and mask == "channel" and shape[0] < 2:
+        raise ConfigError(f"the channel mask needs C ≥ 2 channels to split, got shape {list(shape)}")
+    if len(shape) == 3 and mask == "checkerboard" and shape[1] * shape[2] < 2:
+        raise ConfigError(f"the checkerboard mask needs H·W ≥ 2 pixels to split, got shape {list(shape)}")
+    return shape
+
+
+def parse_config(config: Mapping[str, Any], affine: bool) -> CouplingConfig:
+    """Fill in :data:`DEFAULTS` and validate; raises :class:`ConfigError` naming the bad entry."""
+    defaults = AFFINE_DEFAULTS if affine else DEFAULTS
+    unknown = sorted(set(config) - set(defaults) - {"shape"})
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown} for a coupling layer; known: {['shape', *defaults]}")
+    if "shape" not in config:
+        raise ConfigError("a coupling layer needs config['shape'] ([D] or [C, H, W])")
+    full = {**defaults, **config}
+    mask, conditioner = _choice(full, "mask", MASKS), _choice(full, "conditioner", CONDITIONERS)
+    shape = _check_shape(full["shape"], mask, conditioner)
+    parity = full["parity"]
+    if isinstance(parity, bool) or not isinstance(parity, int) or parity not in (0, 1):
+        raise ConfigError(f"config['parity'] of a coupling layer must be 0 or 1, got {parity!r}")
+    context_dim = _int_at_least(full, "context_dim", 0)
+    if context_dim and conditioner != "mlp":
+        raise ConfigError(f"a context (context_dim={context_dim}) needs the mlp conditioner, not {conditioner!r}")
+    scale = full.get("scale_factor")
+    if affine and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < np.inf):
+        raise ConfigError(f"config['scale_factor'] of an affine coupling must be a finite number > 0, got {scale!r}")
+    return CouplingConfig(
+        shape=shape, mask=mask, parity=parity, conditioner=conditioner,
+        hidden=_int_at_least(full, "hidden", 1), depth=_int_at_least(full, "depth", 1),
+        activation=_choice(full, "activation", tuple(ACTIVATIONS)), context_dim=context_dim,
+        scale_factor=float(scale) if affine else None,
+    )
+
+
+# ----------------------------------------------------------------------------- masks
+
+def unchanged_mask(shape: tuple[int, ...], mask: str, parity: int) -> np.ndarray:
+    """The mask ``b`` (True where entries pass unchanged and feed the conditioner), of ``shape``."""
+    if mask == "checkerboard":
+        if len(shape) == 1:
+            base = np.arange(shape[0]) % 2 == 1
+        else:
+            base = np.add.outer(np.arange(shape[1]), np.arange(shape[2])) % 2 == 1
+    else:
+        base = np.arange(shape[0]) < shape[0] // 2
+        if len(shape) == 3:
+            base = base[:, None, None]
+    return np.broadcast_to(base != bool(parity), shape).copy()
+
+
+def _split_indices(cfg: CouplingConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices of the unchanged and transformed entries, and the permutation that interleaves them back."""
+    b = unchanged_mask(cfg.shape, cfg.mask, cfg.parity).ravel()
+    keep, trans = np.flatnonzero(b), np.flatnonzero(~b)
+    return keep, trans, np.argsort(np.concatenate([keep, trans]))
+
+
+# ----------------------------------------------------------------------------- conditioner
+
+def _layer_sizes(cfg: CouplingConfig) -> list[tuple[int, int]]:
+    """(in, out) of each layer of the conditioner."""
+    if cfg.conditioner == "conv":
+        first, last = cfg.shape[0], cfg.outputs_per_entry * cfg.shape[0]
+    else:
+        n_keep = int(unchanged_mask(cfg.shape, cfg.mask, cfg.parity).sum())
+        n_trans = int(np.prod(cfg.shape)) - n_keep
+        first, last = n_keep + cfg.context_dim, cfg.outputs_per_entry * n_trans
+    widths = [first] + [cfg.hidden] * cfg.depth + [last]
+    return list(zip(widths[:-1], widths[1:]))
+
+
+def _dense(h: Any, weight: Any, bias: Any) -> Any:
+    return anp.dot(weight, h) + bias
+
+
+def conditioner(spec: FlowSpec, cfg: CouplingConfig, h: Any) -> Any:
+    """The conditioner network on its input ``h`` (a flat vector for mlp, ``(C, H, W)`` for conv)."""
+    layer = _dense if cfg.conditioner == "mlp" else conv2d
+    act = ACTIVATIONS[cfg.activation]
+    for i in range(cfg.depth + 1):
+        h = layer(h, spec.params[f"net.{2 * i}.weight"], spec.params[f"net.{2 * i}.bias"])
+        if i < cfg.depth:
+            h = act(h)
+    return h
+
+
+def init_params(config: Mapping[str, Any], rng: np.random.Generator, affine: bool) -> dict[str, np.ndarray]:
+    """Generic random weights, N(0, 1/fan_in), and biases, N(0, 0.5²), the last layer included."""
+    cfg = parse_config(config, affine)
+    taps = KERNEL * KERNEL if cfg.conditioner == "conv" else 1
+    params = {}
+    for i, (n_in, n_out) in enumerate(_layer_sizes(cfg)):
+        shape = (n_out, n_in, KERNEL, KERNEL) if cfg.conditioner == "conv" else (n_out, n_in)
+        params[f"net.{2 * i}.weight"] = rng.normal(0.0, 1.0 / np.sqrt(n_in * taps), shape)
+        params[f"net.{2 * i}.bias"] = rng.normal(0.0, 0.5, n_out)
+    return params
+
+
+# ----------------------------------------------------------------------------- coupling laws
+
+Law = Callable[[Any, Any, CouplingConfig], Any]  # (transformed values, conditioner output, config) -> values
+
+
+def _halves(h: Any) -> tuple[Any, Any]:
+    n = anp.shape(h)[0] // 2
+    return h[:n], h[n:]
+
+
+def log_scale(h: Any, cfg: CouplingConfig) -> Any:
+    """s = scale_factor · tanh(s_raw), from the first half of the conditioner output."""
+    return cfg.scale_factor * anp.tanh(_halves(h)[0])
+
+
+def additive_law(x: Any, h: Any, cfg: CouplingConfig) -> Any:
+    return x + h
+
+
+def additive_inverse_law(z: Any, h: Any, cfg: CouplingConfig) -> Any:
+    return z - h
+
+
+def affine_law(x: Any, h: Any, cfg: CouplingConfig) -> Any:
+    return x * anp.exp(log_scale(h, cfg)) + _halves(h)[1]
+
+
+def affine_inverse_law(z: Any, h: Any, cfg: CouplingConfig) -> Any:
+    return (z - _halves(h)[1]) * anp.exp(-log_scale(h, cfg))
+
+
+def couple(spec: FlowSpec, cfg: CouplingConfig, x: Any, context: Any, law: Law) -> Any:
+    """Apply ``law`` to the transformed part of one sample ``x``, conditioned on its unchanged part.
+
+    Used in both directions: the unchanged part is the same in x and z, so the inverse is the same
+    computation with the inverse law.
+    """
+    if cfg.conditioner == "conv":
+        b = unchanged_mask(cfg.shape, cfg.mask, cfg.parity)
+        return anp.where(b, x, law(x, conditioner(spec, cfg, x * b), cfg))
+    keep, trans, perm = _split_indices(cfg)
+    flat = anp.reshape(x, (-1,))
+    inputs = flat[keep] if cfg.context_dim == 0 else anp.concatenate([flat[keep], context])
+    z = anp.concatenate([flat[keep], law(flat[trans], conditioner(spec, cfg, inputs), cfg)])[perm]
+    return anp.reshape(z, cfg.shape)
+
+
+def context_shape(config: Mapping[str, Any], affine: bool) -> tuple[int, ...] | None:
+    """``(context_dim,)``, or None where the layer takes no context."""
+    dim = parse_config(config, affine).context_dim
+    return (dim,) if dim else None
+
+
+def _register(name: str, law: Law, inverse_law: Law, affine: bool, summary: str) -> None:
+    def run(spec: FlowSpec, x: Any, context: Any, chosen: Law) -> Any:
+        return couple(spec, parse_config(spec.config, affine), x, context, chosen)
+
+    register(Kind(
+        name=name, family=FAMILY,
+        forward=lambda spec, x, context=None: run(spec, x, context, law),
+        inverse=lambda spec, z, context=None: run(spec, z, context, inverse_law),
+        event_shape=lambda config: parse_config(config, affine).shape,
+        init_params=partial(init_params, affine=affine),
+        context_shape=partial(context_shape, affine=affine),
+        check_config=partial(parse_config, affine=affine),
+        summary=summary,
+    ))
+
+
+_register("additive_coupling", additive_law, additive_inverse_law, False,
+          "NICE: z = b⊙x + (1−b)⊙(x + t(b⊙x)), log|det| = 0")
+_register("affine_coupling", affine_law, affine_inverse_law, True,
+          "RealNVP: z = b⊙x + (1−b)⊙(x⊙exp(s(b⊙x)) + t(b⊙x)), s = scale_factor·tanh(s_raw)")

@@ -1,0 +1,51 @@
+"""Broken coupling layers."""
+from __future__ import annotations
+
+import torch
+
+from flowspec.accelerated.coupling import AdditiveCoupling, AffineCoupling, unchanged_mask
+
+from . import BrokenCase
+
+
+class LeakyMaskAffine(AffineCoupling):
+    """The conditioner also reads the first transformed entry: forward still runs, but ∂z_t/∂x_t is
+    no longer diagonal, so Σ s is not the log-determinant."""
+
+    def _conditioner_input(self, x, context):
+        inputs = super()._conditioner_input(x, context)
+        first = self._trans_idx[0]
+        leaked = x.reshape(x.shape[0], -1)[:, first]
+        if self.conditioner == "conv":
+            flat = inputs.reshape(x.shape[0], -1).clone()
+            flat[:, first] = leaked
+            return flat.reshape(x.shape)
+        return torch.cat([inputs[:, :1] + leaked[:, None], inputs[:, 1:]], dim=1)
+
+
+class CheckerboardOffByOne(AdditiveCoupling):
+    """The checkerboard is built from (h + w + 1) mod 2: the parity is shifted by one."""
+
+    @staticmethod
+    def _build_mask(shape, mask, parity):
+        return unchanged_mask(shape, mask, 1 - parity if mask == "checkerboard" else parity)
+
+
+class AffineLogdetSign(AffineCoupling):
+    """Sign error: returns −Σ s."""
+
+    def _forward(self, x, context):
+        z, logdet = super()._forward(x, context)
+        return z, -logdet
+
+
+CASES = [
+    BrokenCase("affine coupling with a leaky mask", "affine_coupling", LeakyMaskAffine,
+               white_box=("logdet_matches_reference",),
+               black_box=("logdet_matches_fd_jacobian", "coupling_jacobian_structure")),
+    BrokenCase("checkerboard mask off by one", "additive_coupling", CheckerboardOffByOne,
+               white_box=("forward_matches_reference",), black_box=("coupling_jacobian_structure",)),
+    BrokenCase("affine coupling log-det sign", "affine_coupling", AffineLogdetSign,
+               white_box=("logdet_matches_reference", "grad_matches_reference"),
+               black_box=("logdet_matches_fd_jacobian",)),
+]

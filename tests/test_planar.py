@@ -1,0 +1,127 @@
+"""Planar flow: the reparameterisation, the scalar inverse's convergence and edge behaviour."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowspec import reference
+from flowspec.accelerated import from_spec
+from flowspec.accelerated.planar import Planar
+from flowspec.conformance.planar import with_wu
+from flowspec.conformance.seeding import rng
+from flowspec.errors import ConfigError, ConvergenceError, NumericalError
+from flowspec.reference.planar import u_hat
+from flowspec.reference.solve import bisect_increasing
+from flowspec.spec import FlowSpec
+
+
+def _spec(d: int, wu: float, key: str) -> FlowSpec:
+    return with_wu(reference.init_spec("planar", {"shape": [d]}, rng("planar-test", key)), wu)
+
+
+def _points(d: int, n: int, key: str, scale: float = 2.0) -> torch.Tensor:
+    return torch.as_tensor(scale * rng("planar-test", "x", key).standard_normal((n, d)))
+
+
+@pytest.mark.parametrize("wu", [-30.0, -5.0, -1.0, 0.0, 3.0, 50.0])
+def test_reparameterisation_keeps_w_u_hat_above_minus_one(wu: float) -> None:
+    """wᵀû = softplus(wᵀu) − 1 > −1 in both layers (down to wᵀu = −30, where the margin 1e-13 is
+    still representable next to −1)."""
+    spec = _spec(4, wu, f"reparam-{wu}")
+    w = spec.params["w"]
+    expected = math.log1p(math.exp(wu)) - 1.0
+    assert expected > -1.0
+    assert float(w @ u_hat(spec.params["u"], w)) == pytest.approx(expected, rel=1e-12, abs=1e-14)
+    flow = from_spec(spec)
+    with torch.no_grad():
+        uh, _ = flow._u_hat()
+        assert float(flow.w @ uh) == pytest.approx(expected, rel=1e-12, abs=1e-14)
+
+
+@pytest.mark.parametrize("wu", [-2.0, -1.2, 0.3, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_inverse_solves_to_the_dtype_tolerance(wu: float, dtype: torch.dtype) -> None:
+    flow = from_spec(_spec(6, wu, f"inverse-{wu}"), dtype=dtype)
+    z = _points(6, 64, f"inverse-{wu}", scale=5.0).to(dtype)
+    eps = torch.finfo(dtype).eps
+    with torch.no_grad():
+        residual = (flow(flow.inverse(z))[0] - z).norm(dim=1) / z.norm(dim=1).clamp(min=1.0)
+    assert float(residual.max()) <= 64 * eps
+
+
+def test_non_convergence_raises_with_its_residual() -> None:
+    flow = from_spec(_spec(5, -1.2, "no-convergence"))
+    flow.max_iter = 1
+    z = _points(5, 8, "no-convergence", scale=3.0)
+    with pytest.raises(ConvergenceError, match="did not converge") as info:
+        flow.inverse(z)
+    err = info.value
+    assert err.iterations == 1 and err.residual > err.tolerance == pytest.approx(32 * torch.finfo(torch.float64).eps)
+    flow.max_iter = 100
+    flow.inverse(z)  # the default budget is enough
+
+
+def test_zero_w_raises_a_clear_error() -> None:
+    spec = _spec(3, 0.3, "zero-w")
+    zero = FlowSpec("planar", spec.config, {**spec.params, "w": np.zeros(3)})
+    x = _points(3, 2, "zero-w")
+    with pytest.raises(NumericalError, match="w = 0"):
+        from_spec(zero)(x)
+    with pytest.raises(NumericalError, match="w = 0"):
+        reference.forward(zero, x.numpy())
+
+
+def test_log_det_has_no_cancellation_near_the_invertibility_limit() -> None:
+    """With wᵀu = −40, 1 + tanh'(a)·wᵀû = softplus(−40) ≈ 4e-18 at a = 0: log|det| ≈ −40, not −inf."""
+    spec = _spec(3, -40.0, "limit")
+    w, b = spec.params["w"], float(spec.params["b"])
+    x = (-b / (w @ w)) * w  # wᵀx + b = 0
+    _, logdet = from_spec(spec)(torch.as_tensor(x[None]))
+    assert float(logdet[0].detach()) == pytest.approx(math.log(math.log1p(math.exp(-40.0))), rel=1e-12)
+
+
+def test_inverse_is_differentiable_by_the_implicit_function_theorem() -> None:
+    """x(θ) = f_θ⁻¹(z) satisfies f_θ(x(θ)) = z for all θ, so d/dθ of Σ v·f_θ(x(θ)) vanishes; and
+    ∂x/∂z is the inverse of the forward Jacobian."""
+    flow = from_spec(_spec(4, -1.2, "implicit"))
+    z = _points(4, 3, "implicit")
+    x = flow.inverse(z)
+    v = _points(4, 3, "implicit-v")
+    grads = torch.autograd.grad((flow(x)[0] * v).sum(), list(flow.parameters()))
+    for g in grads:
+        assert float(g.abs().max()) < 1e-12
+
+    z0 = z[0]
+    inv_jac = torch.autograd.functional.jacobian(lambda t: flow.inverse(t[None])[0], z0)
+    fwd_jac = torch.autograd.functional.jacobian(lambda t: flow(t[None])[0][0], flow.inverse(z0[None])[0])
+    torch.testing.assert_close(inv_jac @ fwd_jac, torch.eye(4, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_reference_inverse_is_exact_at_the_hard_end() -> None:
+    """The reference's bisection reaches rounding level even where g' = 1 + m·tanh' is small."""
+    spec = _spec(4, -4.0, "hard")
+    x = _points(4, 5, "hard", scale=0.5).numpy()
+    z = reference.forward(spec, x)
+    np.testing.assert_allclose(reference.forward(spec, reference.inverse(spec, z)), z, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("config", [{"shape": 3}, {"shape": [2, 2]}, {"shape": [3], "hidden": 2}, {"shape": []}])
+def test_bad_config(config: dict) -> None:
+    with pytest.raises(ConfigError):
+        reference.init_spec("planar", config, rng("planar-test", "bad"))
+    if list(config) == ["shape"]:
+        with pytest.raises(ConfigError):
+            Planar(config["shape"])
+
+
+def test_bisection_is_exact_and_checks_its_bracket() -> None:
+    """The reference's scalar solver stops at adjacent floats and refuses a bracket without the target."""
+    root = 1.2345678901234567
+    t = bisect_increasing(lambda a: a ** 3 + a, root ** 3 + root, -10.0, 10.0)
+    assert abs(t - root) <= 2 * np.spacing(root)
+    with pytest.raises(ConvergenceError, match="does not hold the target") as info:
+        bisect_increasing(lambda a: a, 5.0, -1.0, 1.0)
+    assert info.value.residual == pytest.approx(4.0 / 5.0)

@@ -1,0 +1,89 @@
+"""Radial flow: the closed-form inverse, its edge cases and the stable log-determinant."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flowspec import reference
+from flowspec.accelerated import from_spec
+from flowspec.accelerated.radial import Radial
+from flowspec.conformance.seeding import rng
+from flowspec.errors import ConfigError
+from flowspec.reference.radial import radius_from_latent
+from flowspec.spec import FlowSpec
+
+
+def _spec(d: int, key: str, **scalars: float) -> FlowSpec:
+    spec = reference.init_spec("radial", {"shape": [d]}, rng("radial-test", key))
+    return FlowSpec("radial", spec.config, {**spec.params, **{k: np.asarray(v) for k, v in scalars.items()}})
+
+
+@pytest.mark.parametrize("rho", [0.0, 1e-8, 0.3, 1.0, 7.0, 1e6])
+@pytest.mark.parametrize("alpha,alpha_beta", [(0.5, 2.0), (2.0, 0.1), (1e-3, 1e-3), (3.0, 3.0)])
+def test_radius_is_the_non_negative_root(rho: float, alpha: float, alpha_beta: float) -> None:
+    r = radius_from_latent(rho, alpha, alpha_beta)
+    assert r >= 0.0
+    # It solves ρ = r·(α + β + r)/(α + r), the radius map of eq. 17 along the ray from x0.
+    assert r * (alpha_beta + r) / (alpha + r) == pytest.approx(rho, rel=1e-14, abs=1e-300)
+    roots = np.roots([1.0, alpha_beta - alpha - rho + alpha, -alpha * rho]).real
+    assert r == pytest.approx(max(roots), rel=1e-9, abs=1e-15)
+
+
+def test_the_centre_is_fixed_and_differentiable() -> None:
+    """f(x0) = x0 = f⁻¹(x0), and ∂f/∂x = (1 + β/α)·I there (no NaN from the norm's derivative at 0)."""
+    spec = _spec(3, "centre")
+    x0 = spec.params["x0"][None].copy()
+    np.testing.assert_array_equal(reference.forward(spec, x0), x0)
+    np.testing.assert_array_equal(reference.inverse(spec, x0), x0)
+    alpha = np.logaddexp(0.0, float(spec.params["alpha_hat"]))
+    beta = np.logaddexp(0.0, float(spec.params["beta_hat"])) - alpha
+    expected = (1.0 + beta / alpha) * np.eye(3)
+    np.testing.assert_allclose(reference.jacobian(spec, x0)[0], expected, rtol=1e-14)
+    flow = from_spec(spec)
+    with torch.no_grad():
+        torch.testing.assert_close(flow.inverse(torch.as_tensor(x0)), torch.as_tensor(x0), rtol=0, atol=0)
+        _, logdet = flow(torch.as_tensor(x0))
+    np.testing.assert_allclose(logdet.numpy(), [3 * np.log1p(beta / alpha)], rtol=1e-13)
+    jac = torch.autograd.functional.jacobian(lambda t: flow(t[None])[0][0], torch.as_tensor(x0[0]))
+    np.testing.assert_allclose(jac.numpy(), expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("beta_hat", [-30.0, -5.0, 0.0, 4.0])
+def test_log_det_is_stable_as_beta_approaches_minus_alpha(beta_hat: float) -> None:
+    """α + β = softplus(β̂) → 0 contracts towards x0; log|det| uses softplus(β̂) directly, no cancellation."""
+    spec = _spec(4, f"beta-{beta_hat}", beta_hat=beta_hat)
+    x = rng("radial-test", "x", beta_hat).standard_normal((3, 4))
+    _, logdet = from_spec(spec)(torch.as_tensor(x))
+    alpha, ab = np.logaddexp(0.0, float(spec.params["alpha_hat"])), np.logaddexp(0.0, beta_hat)
+    r = np.linalg.norm(x - spec.params["x0"], axis=1)
+    expected = 3 * np.log((ab + r) / (alpha + r)) + np.log(alpha * ab + 2 * alpha * r + r * r) - 2 * np.log(alpha + r)
+    np.testing.assert_allclose(logdet.detach().numpy(), expected, rtol=1e-13)
+    if beta_hat > -10:  # beyond, the reference's slogdet of the full Jacobian loses the digits
+        np.testing.assert_allclose(logdet.detach().numpy(), reference.log_abs_det(spec, x), rtol=1e-10)
+
+
+def test_one_dimension_has_no_tangential_term() -> None:
+    spec = _spec(1, "one")
+    x = rng("radial-test", "one-x").standard_normal((4, 1))
+    _, logdet = from_spec(spec)(torch.as_tensor(x))
+    np.testing.assert_allclose(logdet.detach().numpy(), reference.log_abs_det(spec, x), rtol=1e-13)
+
+
+def test_default_parameters_are_the_identity() -> None:
+    flow = Radial([3]).double()
+    x = torch.as_tensor(rng("radial-test", "identity").standard_normal((2, 3)))
+    with torch.no_grad():
+        z, logdet = flow(x)
+        assert float(flow._coefficients()[1]) == 0.0
+    torch.testing.assert_close(z, x, rtol=0, atol=0)
+    torch.testing.assert_close(logdet, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("config", [{"shape": 3}, {"shape": [2, 2]}, {"shape": [0]}, {"shape": [3], "alpha": 1.0}])
+def test_bad_config(config: dict) -> None:
+    with pytest.raises(ConfigError):
+        reference.init_spec("radial", config, rng("radial-test", "bad"))
+    if list(config) == ["shape"]:
+        with pytest.raises(ConfigError):
+            Radial(config["shape"])
