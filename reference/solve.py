@@ -25,8 +25,16 @@ DEFAULT_MAX_ITER = 100
 _MAX_HALVINGS = 40
 
 
+def _norm(v: Array) -> float:
+    """Euclidean norm that does not overflow for entries near the float64 limit."""
+    biggest = float(np.max(np.abs(v))) if v.size else 0.0
+    if biggest == 0.0 or not np.isfinite(biggest):
+        return biggest
+    return biggest * float(np.linalg.norm(v / biggest))
+
+
 def _scale(y: Array) -> float:
-    return max(float(np.linalg.norm(y)), 1.0)
+    return max(_norm(y), 1.0)
 
 
 def _newton_step(spec: FlowSpec, x: Array, r: Array, context: Any) -> Array:
@@ -45,7 +53,7 @@ def _polish(spec: FlowSpec, x: Array, r: Array, residual: Any, context: Any) -> 
     if registry.get(spec.kind).domain.violations(candidate).any():
         return x
     r_new = residual(candidate)
-    return candidate if np.all(np.isfinite(r_new)) and np.linalg.norm(r_new) <= np.linalg.norm(r) else x
+    return candidate if np.all(np.isfinite(r_new)) and _norm(r_new) <= _norm(r) else x
 
 
 def newton_solve(
@@ -74,15 +82,15 @@ def newton_solve(
         x = domain.project(np.zeros_like(x))
         r = residual(x)
     for it in range(max_iter):
-        if np.linalg.norm(r) <= rtol * scale:
+        if _norm(r) <= rtol * scale:
             return _polish(spec, x, r, residual, context).reshape(shape)
         step = _newton_step(spec, x, r, context)
-        t, norm_r = 1.0, np.linalg.norm(r)
+        t, norm_r = 1.0, _norm(r)
         for _ in range(_MAX_HALVINGS):
             candidate = x - t * step
             if not domain.violations(candidate).any():
                 r_new = residual(candidate)
-                if np.all(np.isfinite(r_new)) and np.linalg.norm(r_new) < norm_r:
+                if np.all(np.isfinite(r_new)) and _norm(r_new) < norm_r:
                     break
             t *= 0.5
         else:
@@ -91,11 +99,11 @@ def newton_solve(
                 residual=float(norm_r / scale), iterations=it, tolerance=rtol,
             )
         x, r = candidate, r_new
-    if np.linalg.norm(r) <= rtol * scale:
+    if _norm(r) <= rtol * scale:
         return _polish(spec, x, r, residual, context).reshape(shape)
     raise ConvergenceError(
         f"Newton inverse of kind {spec.kind!r} did not converge",
-        residual=float(np.linalg.norm(r) / scale), iterations=max_iter, tolerance=rtol,
+        residual=float(_norm(r) / scale), iterations=max_iter, tolerance=rtol,
     )
 
 
