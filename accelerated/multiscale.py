@@ -66,10 +66,15 @@ class MultiScale(Flow):
             h, logdet = level(h)
             total = logdet if total is None else total + logdet
             if i + 1 < len(self.levels):
-                half = h.shape[1] // 2
-                latents.append(h[:, :half].reshape(h.shape[0], -1))
-                h = h[:, half:]
+                factored, h = self._split(h)
+                latents.append(factored.reshape(h.shape[0], -1))
         return torch.cat(latents + [h.reshape(h.shape[0], -1)], dim=1), total
+
+    @staticmethod
+    def _split(h: Tensor) -> tuple[Tensor, Tensor]:
+        """(factored-out first half of the channels, kept second half)."""
+        half = h.shape[1] // 2
+        return h[:, :half], h[:, half:]
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
         sizes = [math.prod(s) for s in self._factored]
