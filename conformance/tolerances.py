@@ -13,7 +13,9 @@ reductions inside conditioners), log-determinants and gradients are sums over D 
 Inverses and round trips get larger multipliers because solving amplifies rounding by the
 condition number of the Jacobian. Finite-difference Jacobians (black-box mode) are accurate to
 ``ε^(4/5)`` with a two-level Richardson extrapolation at step ``ε^(1/5)`` (truncation ``h⁴`` balanced
-against rounding ``ε/h``), so their tolerance is built on ``ε^(4/5)`` instead of ``ε``.
+against rounding ``ε/h``), so their tolerance is built on ``ε^(4/5)`` instead of ``ε``. Norm bounds
+that rest on a power-iteration estimate stopped at a relative change of order ``√ε`` are built on
+``√ε`` (base ``"sqrt"``).
 
 Statistical checks do not use this table: they state a false-alarm rate (see the roulette properties).
 """
@@ -30,7 +32,7 @@ EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.
 class Rule:
     multiplier: float
     exponent: float
-    base: str = "eps"  # "eps" or "fd" (ε^(4/5), finite differences)
+    base: str = "eps"  # "eps", "fd" (ε^(4/5), finite differences) or "sqrt" (ε^(1/2), power iteration)
     why: str = ""
 
 
@@ -43,6 +45,10 @@ TABLE: dict[str, Rule] = {
     "diag": Rule(64.0, 1.0, why="diagonal of the Jacobian, chain rule through depth"),
     "fd_logdet": Rule(256.0, 1.0, base="fd", why="slogdet of a Richardson central-difference Jacobian"),
     "fd_jacobian": Rule(64.0, 0.5, base="fd", why="entries of a Richardson central-difference Jacobian"),
+    "norm_bound": Rule(8.0, 0.0, base="sqrt", why="relative gap between a norm and its power-iteration estimate "
+                       "stopped at a change of √ε/16 (the gap is about change/(1 − r²), r the singular-value ratio)"),
+    "estimate": Rule(256.0, 1.0, why="a stochastic log-det estimate or its gradient for a given probe and "
+                     "draw: a series of probe–Jacobian products, each a sum over D, weighted by 1/P(N ≥ k)"),
 }
 
 
@@ -54,7 +60,7 @@ def fd_step(dtype: str) -> float:
 def tolerance(quantity: str, dtype: str, size: int) -> float:
     """The tolerance for ``quantity`` at ``dtype`` for samples of ``size`` entries (module docstring)."""
     rule = TABLE[quantity]
-    eps = EPS[dtype] if rule.base == "eps" else EPS[dtype] ** 0.8
+    eps = EPS[dtype] ** {"eps": 1.0, "fd": 0.8, "sqrt": 0.5}[rule.base]
     return rule.multiplier * eps * max(int(size), 1) ** rule.exponent
 
 

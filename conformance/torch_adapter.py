@@ -23,7 +23,12 @@ from .adapter import Adapter, Array, Capabilities, NotSupported
 
 @contextlib.contextmanager
 def deterministic_torch() -> Iterator[None]:
-    """Deterministic cuDNN convolutions and no TF32 for the duration; the previous state is restored."""
+    """Deterministic cuDNN convolutions, no TF32, and one CPU thread for the duration; the previous
+    state is restored.
+
+    The suite's problems are tiny (D ≤ ~50): intra-op threading only adds synchronisation there
+    (on a loaded 2-core machine a small float64 convolution ran about 100× slower with two threads).
+    """
     import torch
 
     saved = (
@@ -32,8 +37,10 @@ def deterministic_torch() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32,
         torch.backends.cuda.matmul.allow_tf32,
     )
+    threads = torch.get_num_threads()
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_num_threads(1)
     try:
         yield
     finally:
@@ -43,6 +50,7 @@ def deterministic_torch() -> Iterator[None]:
             torch.backends.cudnn.allow_tf32,
             torch.backends.cuda.matmul.allow_tf32,
         ) = saved
+        torch.set_num_threads(threads)
 
 
 class TorchFlowAdapter(Adapter):
@@ -160,14 +168,29 @@ class TorchFlowAdapter(Adapter):
 
     def call_hook(self, flow: Any, hook: str, *args: Any, **kwargs: Any) -> Any:
         """Call the module's method ``hook``: NumPy array arguments become tensors on the module's
-        dtype and device, a tensor result becomes a float64 array; other values pass unchanged."""
-        import torch
-
+        device (floating arrays in its dtype, integer arrays as int64), tensors in the result (also
+        inside tuples, lists and dicts) become float64 arrays; other values pass unchanged."""
         if hook not in self._hooks or not hasattr(flow, hook):
             raise NotSupported(f"{self.name} has no hook {hook!r} for {type(flow).__name__}")
-        convert = lambda a: self.tensor(flow, a) if isinstance(a, np.ndarray) else a  # noqa: E731
+
+        def convert(a: Any) -> Any:
+            if not isinstance(a, np.ndarray):
+                return a
+            return self.tensor(flow, a.astype(np.int64), raw=True) if a.dtype.kind in "iu" else self.tensor(flow, a)
+
         result = getattr(flow, hook)(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
-        return self.array(result) if isinstance(result, torch.Tensor) else result
+        return self._arrays(result)
+
+    def _arrays(self, result: Any) -> Any:
+        import torch
+
+        if isinstance(result, torch.Tensor):
+            return self.array(result)
+        if isinstance(result, (tuple, list)):
+            return type(result)(self._arrays(r) for r in result)
+        if isinstance(result, dict):
+            return {k: self._arrays(v) for k, v in result.items()}
+        return result
 
     def checking(self):
         return deterministic_torch()

@@ -1,0 +1,540 @@
+"""Lipschitz-constrained layers: normalised weights and activations with |φ′| ≤ 1.
+
+Normalisation (i-ResNet; Residual Flows App. D–E)
+-------------------------------------------------
+:class:`LipschitzNormalizer` turns any weight tensor W (a raw parameter, a masked one, the output of
+any function) into ``W / max(1, σ̂ / coeff)`` (soft normalisation: weights already inside the
+constraint are left exactly as they are), where σ̂ estimates ‖W‖ in the constraint's norm:
+
+* ``operator="linear"``, orders p → q:
+
+  - p = q = 2: warm-started adaptive power iteration (:mod:`.power_iteration`);
+  - p = 1 (largest column q-norm) or q = ∞ (largest row p*-norm): **exact** closed forms;
+  - any other p, q in [1, ∞]: the general power method (Boyd; Higham; App. D), a local maximum
+    and so a lower bound: an *estimate*, no guarantee;
+  - learnable orders (:class:`OrderChain`, ``learn_orders``): 2 + tanh(s)/2 ∈ (1.5, 2.5) with
+    learnable s (App. D), shared by consecutive layers; always the general power method, an
+    estimate only.
+
+* ``operator="conv"``: the spectral norm of the convolution *operator* at the input's spatial size
+  (zero padding, stride 1) by power iteration with conv2d / conv_transpose2d — never the norm of the
+  reshaped kernel, which is a different, often smaller number. It is re-estimated whenever the
+  spatial size changes (the vectors are re-drawn at the new size).
+
+What σ̂ guarantees: power iteration gives a lower bound of the norm, and its stop (the change of σ̂
+at most ``atol + rtol·σ̂``, or ``max_iter`` iterations) bounds the change, not the error. The 2 → 2
+iteration therefore also requires the singular-pair residual ‖Wᵀu − σ̂v‖ ≤ atol + rtol·σ̂ before it
+stops (a stalled iteration changes little but keeps a large residual); an iteration that converges
+to the top pair then has a relative error of about (residual/σ̂)²/(2(1 − r²)), r = σ₂/σ₁. A start
+(almost) exactly orthogonal to the top singular vector can still settle on a lower singular value.
+From random vectors (a new layer or input size) the iteration starts with Golub–Kahan–Lanczos steps.
+Every estimate records a :class:`~.power_iteration.PowerIterationReport`;
+:attr:`LipschitzNormalizer.hit_cap` exposes whether the last one stopped at the cap, and
+:func:`norm_reports` collects them for a model. In short, what each setting guarantees:
+
+* p = 1 or q = ∞ (linear): ‖W_eff‖_{p→q} ≤ coeff exactly;
+* p = q = 2 and convolutions: ‖W_eff‖ = coeff·σ/σ̂ ≤ coeff·(1 + tol), tol the iteration's relative
+  error — small when the estimate converged (``hit_cap`` False), unknown when it hit its cap;
+* other orders and learned orders: none — σ̂ is an estimate from below.
+
+When the power iteration runs
+-----------------------------
+* **Training mode** (``module.training``): every forward re-estimates σ̂, warm-started from the
+  stored vectors (buffers ``_u``/``_v``, kept out of the FlowSpec), so one training step is one
+  estimate on the current weights; the gradient flows through σ̂ = uᵀWv with u, v fixed.
+* **Evaluation mode**: σ̂ is reused only while the unnormalised weight equals the snapshot taken at
+  the last estimate (compared element by element, so optimizer steps, ``load_state_dict``, EMA
+  updates and writes through ``.data`` are all seen) and, for convolutions, the input size, dtype
+  and device are unchanged; otherwise it is re-estimated before use. Evaluating with stale vectors
+  is therefore impossible.
+* :func:`refresh_norms` runs every constrained layer's iteration to its tolerance now: call it
+  before an evaluation, after loading a checkpoint and on EMA (Polyak-averaged) weights to obtain
+  the reports up front.
+
+Activations: :class:`LipSwish` (eq. 10, β = softplus(β_raw), the 1/1.1 factor), :class:`ELU`,
+:class:`Softplus`, :class:`Identity`, each with ``derivative(x)`` = φ′(x).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowspec.errors import ConfigError
+
+from .power_iteration import PowerIterationReport, check_tolerances, lanczos, power_iteration
+
+LIPSWISH_DIVISOR = 1.1
+EXACT = PowerIterationReport(0, False, 0.0)
+LANCZOS_STEPS = 64
+
+
+# ----------------------------------------------------------------------------- activations
+
+class Activation(nn.Module):
+    """An elementwise activation with |φ′| ≤ 1; ``derivative(x)`` is φ′(x).
+
+    ``functional(x, *tensors)`` applies it with given values of its own tensors (``tensors()``: β for
+    LipSwish, none otherwise), so that a layer can re-run it on copies of its parameters.
+    """
+
+    name = ""
+
+    def tensors(self) -> list[Tensor]:
+        return []
+
+    def functional(self, x: Tensor, *tensors: Tensor) -> Tensor:
+        return self(x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class LipSwish(Activation):
+    """φ(x) = x·σ(βx)/1.1 with β = softplus(beta) > 0 (Residual Flows eq. 10); sup|φ′| ≈ 0.99985."""
+
+    name = "lipswish"
+
+    def __init__(self, beta: float = 0.5):
+        super().__init__()
+        self.beta = nn.Parameter(torch.full((1,), float(beta)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.functional(x, self.beta)
+
+    def tensors(self) -> list[Tensor]:
+        return [self.beta]
+
+    def functional(self, x: Tensor, *tensors: Tensor) -> Tensor:
+        return lipswish(x, *tensors)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        u = F.softplus(self.beta) * x
+        s = torch.sigmoid(u)
+        return (s + u * s * (1.0 - s)) / LIPSWISH_DIVISOR
+
+
+def lipswish(x: Tensor, beta_raw: Tensor) -> Tensor:
+    """LipSwish with a given pre-softplus β (functional form of :class:`LipSwish`)."""
+    return x * torch.sigmoid(F.softplus(beta_raw) * x) / LIPSWISH_DIVISOR
+
+
+class ELU(Activation):
+    name = "elu"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.elu(x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return torch.where(x > 0, torch.ones_like(x), torch.exp(x.clamp_max(0.0)))
+
+
+class Softplus(Activation):
+    name = "softplus"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x)
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(x)
+
+
+class Identity(Activation):
+    name = "identity"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def derivative(self, x: Tensor) -> Tensor:
+        return torch.ones_like(x)
+
+
+ACTIVATIONS: dict[str, type[Activation]] = {cls.name: cls for cls in (LipSwish, ELU, Softplus, Identity)}
+
+
+def make_activation(name: str) -> Activation:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+
+
+# ----------------------------------------------------------------------------- norms of vectors and matrices
+
+def dual_order(p: float) -> float:
+    """p* with 1/p + 1/p* = 1."""
+    if p == 1.0:
+        return math.inf
+    return 1.0 if math.isinf(p) else p / (p - 1.0)
+
+
+def _vector_norm(t: Tensor, p: float | Tensor, dim: int) -> Tensor:
+    """‖t‖_p along ``dim``; p may be a tensor (learnable orders), then computed as (Σ|t|^p)^(1/p)."""
+    if isinstance(p, Tensor):
+        a = t.abs().clamp_min(torch.finfo(t.dtype).tiny)
+        top = a.amax(dim=dim, keepdim=True)
+        return top.squeeze(dim) * ((a / top) ** p).sum(dim=dim) ** (1.0 / p)
+    return torch.linalg.vector_norm(t, ord=p, dim=dim)
+
+
+def closed_form_norm(weight: Tensor, p: float, q: float) -> Tensor:
+    """‖W‖_{p→q} exactly for p = 1 (largest column q-norm) or q = ∞ (largest row p*-norm)."""
+    if p == 1.0:
+        return _vector_norm(weight, q, 0).amax()
+    return _vector_norm(weight, dual_order(p), 1).amax()
+
+
+def _dual(y: Tensor, q: float | Tensor) -> Tensor:
+    """The unit-q*-norm vector d with dᵀy = ‖y‖_q (sign(y) for q = 1)."""
+    if not isinstance(q, Tensor) and math.isinf(q):
+        idx = y.abs().argmax()
+        return torch.zeros_like(y).index_fill_(0, idx.reshape(1), 1.0) * torch.sign(y[idx])
+    if not isinstance(q, Tensor) and q == 1.0:
+        return torch.sign(y)
+    norm = _vector_norm(y, q, 0).clamp_min(torch.finfo(y.dtype).tiny)
+    return torch.sign(y) * (y.abs() / norm) ** (q - 1.0)
+
+
+@torch.no_grad()
+def general_power_method(weight: Tensor, x: Tensor, p: float | Tensor, q: float | Tensor, *,
+                         atol: float, rtol: float, max_iter: int) -> tuple[Tensor, Tensor, PowerIterationReport]:
+    """The general power method for ‖W‖_{p→q} (App. D): x ← dual_{p*}(Wᵀ dual_q(Wx)), warm-started
+    from ``x``, stopped like :func:`~.power_iteration.power_iteration`. Returns (σ̂, x, report);
+    σ̂ = ‖Wx‖_q with ‖x‖_p = 1 is a lower bound (a local maximum)."""
+    check_tolerances(atol, rtol, max_iter)
+    p_dual = dual_order(float(p)) if not isinstance(p, Tensor) else p / (p - 1.0)
+    x = x / _vector_norm(x, p, 0).clamp_min(torch.finfo(x.dtype).tiny)
+    sigma = _vector_norm(weight @ x, q, 0)
+    change, iterations = math.inf, 0
+    for iterations in range(1, max_iter + 1):
+        z = weight.T @ _dual(weight @ x, q)
+        candidate = _dual(z, p_dual)
+        new_sigma = _vector_norm(weight @ candidate, q, 0)
+        if new_sigma < sigma:  # an ascent method: keep the better point
+            return sigma, x, PowerIterationReport(iterations, False, 0.0)
+        x = candidate
+        change = float((new_sigma - sigma).abs() / new_sigma.clamp_min(torch.finfo(x.dtype).tiny))
+        converged = bool((new_sigma - sigma).abs() <= atol + rtol * new_sigma)
+        sigma = new_sigma
+        if converged:
+            return sigma, x, PowerIterationReport(iterations, False, change)
+    return sigma, x, PowerIterationReport(iterations, True, change)
+
+
+# ----------------------------------------------------------------------------- norm orders
+
+class OrderChain(nn.Module):
+    """Norm orders p_0, …, p_{L−1} of a chain of layers: link l maps the p_l-normed space to the
+    p_{(l+1) mod L}-normed one, so a chain that ends where it starts bounds ‖J_g‖_{p_0} (eq. 17).
+    Learnable orders are 2 + tanh(s)/2 ∈ (1.5, 2.5) with s a parameter starting at 0 (App. D);
+    fixed ones are the given numbers. Norms in learned orders are only ever estimated.
+    """
+
+    def __init__(self, orders: Sequence[float], learnable: Sequence[bool] | None = None):
+        super().__init__()
+        self.fixed = tuple(float(p) for p in orders)
+        self.learnable = tuple(bool(b) for b in (learnable or [False] * len(self.fixed)))
+        if len(self.learnable) != len(self.fixed) or not all(p >= 1.0 for p in self.fixed):
+            raise ConfigError(f"norm orders must lie in [1, ∞], one flag each; got {orders!r}, {learnable!r}")
+        count = sum(self.learnable)
+        self.logits = nn.Parameter(torch.zeros(count)) if count else None
+        self._slot = {i: k for k, i in enumerate(i for i, flag in enumerate(self.learnable) if flag)}
+
+    @property
+    def learned(self) -> bool:
+        return self.logits is not None
+
+    def order(self, i: int) -> float | Tensor:
+        if not self.learnable[i]:
+            return self.fixed[i]
+        return 2.0 + 0.5 * torch.tanh(self.logits[self._slot[i]])
+
+    def pair(self, link: int) -> tuple[float | Tensor, float | Tensor]:
+        return self.order(link), self.order((link + 1) % len(self.fixed))
+
+
+# ----------------------------------------------------------------------------- the normaliser
+
+class LipschitzNormalizer(nn.Module):
+    """``W ↦ W / max(1, σ̂/coeff)`` for weights of a fixed shape (see the module docstring).
+
+    ``operator``: ``"linear"`` for a matrix ``(out, in)``, ``"conv"`` for a kernel
+    ``(out, in, k, k)`` applied with zero padding k//2 and stride 1 (norm at the input's size).
+    """
+
+    def __init__(self, weight_shape: tuple[int, ...], coeff: float, *, operator: str = "linear",
+                 in_order: float = 2.0, out_order: float = 2.0, learn_orders: bool = False,
+                 chain: "OrderChain | None" = None, link: int = 0,
+                 atol: float = 0.0, rtol: float = 1e-4, max_iter: int = 200):
+        super().__init__()
+        if not isinstance(coeff, (int, float)) or not 0.0 < coeff:
+            raise ConfigError(f"coeff must be a positive number, got {coeff!r}")
+        check_tolerances(atol, rtol, max_iter)
+        if operator not in ("linear", "conv"):
+            raise ConfigError(f"operator must be 'linear' or 'conv', got {operator!r}")
+        self._orders = chain if chain is not None else OrderChain([in_order, out_order], [learn_orders] * 2)
+        self.link = int(link)
+        if operator == "conv" and (self._orders.learned or self.orders() != (2.0, 2.0)):
+            raise ConfigError("convolutions are normalised in the spectral norm (orders 2 → 2) only")
+        self.weight_shape = tuple(weight_shape)
+        self.coeff, self.operator = float(coeff), operator
+        self.atol, self.rtol, self.max_iter = float(atol), float(rtol), int(max_iter)
+        self.padding = self.weight_shape[-1] // 2 if operator == "conv" else 0
+        out_dim, in_dim = self.weight_shape[0], self.weight_shape[1]
+        self.register_buffer("_u", torch.randn(out_dim) if operator == "linear" else torch.empty(0))
+        self.register_buffer("_v", torch.randn(in_dim) if operator == "linear" else torch.empty(0))
+        self.register_buffer("_snapshot", torch.empty(0), persistent=False)
+        self._spatial: tuple[int, int] | None = None
+        self._cold = True  # the vectors are random: the next estimate starts with Lanczos
+        self._estimated_for: tuple | None = None
+        self.last_report: PowerIterationReport | None = None
+
+    # ------------------------------------------------------------------ what kind of estimate
+    @property
+    def exact(self) -> bool:
+        """Whether σ̂ is the exact norm (closed form) rather than an iterative estimate."""
+        p, q = self.orders()
+        return not self._orders.learned and self.operator == "linear" and (p == 1.0 or math.isinf(q))
+
+    @property
+    def spectral(self) -> bool:
+        """Whether σ̂ comes from the (2 → 2) power iteration of :mod:`.power_iteration`."""
+        return self.operator == "conv" or (not self._orders.learned and self.orders() == (2.0, 2.0))
+
+    @property
+    def hit_cap(self) -> bool:
+        """Whether the last estimate stopped at ``max_iter`` (no convergence claimed)."""
+        return bool(self.last_report is not None and self.last_report.hit_cap)
+
+    def orders(self) -> tuple[float | Tensor, float | Tensor]:
+        """(p, q) of the constraint ‖W‖_{p→q}: link ``link`` of the order chain."""
+        return self._orders.pair(self.link)
+
+    # ------------------------------------------------------------------ operator
+    def _matvec(self, weight: Tensor) -> Callable[[Tensor], Tensor]:
+        if self.operator == "linear":
+            return lambda v: weight @ v
+        return lambda v: F.conv2d(v, weight, padding=self.padding)
+
+    def _rmatvec(self, weight: Tensor) -> Callable[[Tensor], Tensor]:
+        if self.operator == "linear":
+            return lambda u: weight.T @ u
+        return lambda u: F.conv_transpose2d(u, weight, padding=self.padding)
+
+    def _vectors_for(self, spatial: tuple[int, int] | None, like: Tensor) -> None:
+        """Make the warm-start vectors fit the operator: drawn afresh for a new spatial size."""
+        if self.operator == "linear":
+            return
+        if spatial is None:
+            spatial = self._spatial
+        if spatial is None:
+            raise ConfigError("a convolution's norm depends on the input size: give the spatial size (H, W)")
+        spatial = (int(spatial[0]), int(spatial[1]))
+        if self._spatial != spatial or self._v.shape[-2:] != spatial:
+            self._spatial = spatial
+            self._u = torch.randn(1, self.weight_shape[0], *spatial, dtype=like.dtype, device=like.device)
+            self._v = torch.randn(1, self.weight_shape[1], *spatial, dtype=like.dtype, device=like.device)
+            self._cold = True
+
+    # ------------------------------------------------------------------ estimation
+    def _key(self, weight: Tensor) -> tuple:
+        return (self._spatial, weight.dtype, weight.device, tuple(weight.shape))
+
+    def _is_current(self, weight: Tensor) -> bool:
+        return (self._estimated_for == self._key(weight) and self._snapshot.shape == weight.shape
+                and bool(torch.equal(self._snapshot, weight.detach())))
+
+    def estimate(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> PowerIterationReport:
+        """Run the iteration on ``weight`` (at ``spatial`` for a convolution) to its tolerance,
+        store the vectors and the snapshot, and return the report."""
+        self._vectors_for(spatial, weight)
+        w = weight.detach()
+        p, q = self.orders()
+        if self.exact:
+            report = EXACT
+        elif self.spectral:
+            report = self._spectral_estimate(w)
+        else:
+            _, x, report = general_power_method(w, self._v.to(w), p, q, atol=self.atol, rtol=self.rtol,
+                                                max_iter=self.max_iter)
+            self._v = x
+        self._snapshot = w.clone()
+        self._estimated_for = self._key(weight)
+        self.last_report = report
+        return report
+
+    @torch.no_grad()
+    def _spectral_estimate(self, w: Tensor) -> PowerIterationReport:
+        """Power iteration until the change of σ̂ is within atol + rtol·σ̂ (App. E) **and** the
+        singular-pair residual ‖Wᵀu − σ̂v‖ (u = Wv/‖Wv‖) is too: a stalled iteration (a start nearly
+        orthogonal to the top singular vector, or a near-degenerate top pair) can change by very little
+        while far from the norm, but its residual is not small. Stops at ``max_iter`` iterations in all
+        (Lanczos steps included). From random vectors (a new layer, a new input size) it starts with at
+        most :data:`LANCZOS_STEPS` Golub–Kahan–Lanczos steps, which find the top pair of operators
+        with close singular values far sooner than power iteration."""
+        matvec, rmatvec = self._matvec(w), self._rmatvec(w)
+        event_dims = 1 if self.operator == "linear" else 3
+        u, v, spent = self._u.to(w), self._v.to(w), 0
+        if self._cold:
+            _, u, v, start = lanczos(matvec, rmatvec, v, rtol=self.rtol, max_steps=min(self.max_iter, LANCZOS_STEPS),
+                                     event_dims=event_dims)
+            spent, self._cold = start.iterations, False
+        changed, change = False, float("inf")
+        while True:
+            if spent < self.max_iter:
+                _, _, v, report = power_iteration(matvec, rmatvec, u, v, atol=self.atol, rtol=self.rtol,
+                                                  max_iter=self.max_iter - spent, event_dims=event_dims)
+                spent, changed, change = spent + report.iterations, not report.hit_cap, report.last_change
+            image = matvec(v)
+            sigma = float(image.norm())
+            u = self._unit(image)
+            settled = changed and float((rmatvec(u) - sigma * v).norm()) <= self.atol + self.rtol * sigma
+            if settled or spent >= self.max_iter:
+                self._u, self._v = u, v
+                return PowerIterationReport(spent, not settled, change)
+
+    @staticmethod
+    def _unit(t: Tensor) -> Tensor:
+        return t / t.norm().clamp_min(torch.finfo(t.dtype).tiny)
+
+    def sigma(self, weight: Tensor) -> Tensor:
+        """σ̂ as a differentiable function of ``weight`` at the stored vectors (uᵀWv; exact forms)."""
+        p, q = self.orders()
+        if self.exact:
+            return closed_form_norm(weight, p, q)
+        if self.operator == "conv":
+            return (self._u * F.conv2d(self._v, weight, padding=self.padding)).sum()
+        if self.spectral:
+            return self._u @ (weight @ self._v)
+        return _vector_norm(weight @ self._v, q, 0) / _vector_norm(self._v, p, 0)
+
+    def forward(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> Tensor:
+        """The normalised weight; runs the iteration as the module docstring says."""
+        self._vectors_for(spatial, weight)
+        if self.training or not self._is_current(weight):
+            self.estimate(weight, spatial)
+        return weight / torch.clamp(self.sigma(weight) / self.coeff, min=1.0)
+
+    def scale(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> float:
+        """max(1, σ̂/coeff) for ``weight`` now (1 means the weight is used as it is)."""
+        with torch.no_grad():
+            self._vectors_for(spatial, weight)
+            if not self._is_current(weight):
+                self.estimate(weight, spatial)
+            return max(1.0, float(self.sigma(weight)) / self.coeff)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Convolution vectors have the shape of the last input size: take the stored ones as they are.
+        for name in ("_u", "_v"):
+            stored = state_dict.get(prefix + name)
+            if stored is not None and stored.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(stored))
+                if self.operator == "conv" and stored.dim() == 4:
+                    self._spatial = tuple(stored.shape[-2:])
+        if prefix + "_v" in state_dict:
+            self._cold = False
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- layers
+
+class _LipschitzLayer(nn.Module):
+    """A layer whose weight is ``transform(raw ⊙ mask)`` normalised by a :class:`LipschitzNormalizer`."""
+
+    def __init__(self, weight_shape: tuple[int, ...], coeff: float, mask: Tensor | None, bias: bool,
+                 transform: Callable[[Tensor], Tensor] | None, operator: str, **normalizer):
+        super().__init__()
+        self.raw_weight = nn.Parameter(torch.randn(weight_shape) / math.sqrt(math.prod(weight_shape[1:])))
+        self.bias = nn.Parameter(torch.zeros(weight_shape[0])) if bias else None
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.get_default_dtype())
+            if tuple(mask.shape) != tuple(weight_shape):
+                raise ConfigError(f"mask has shape {tuple(mask.shape)}, the weight {tuple(weight_shape)}")
+            self.register_buffer("_mask", mask)
+        else:
+            self._mask = None
+        self.transform = transform
+        self.normalizer = LipschitzNormalizer(weight_shape, coeff, operator=operator, **normalizer)
+
+    def unnormalized_weight(self) -> Tensor:
+        """transform(raw ⊙ mask): the weight before normalisation."""
+        weight = self.raw_weight if self._mask is None else self.raw_weight * self._mask
+        return weight if self.transform is None else self.transform(weight)
+
+    def effective_weight(self, spatial: tuple[int, int] | None = None) -> Tensor:
+        """The normalised weight used by the layer (see :class:`LipschitzNormalizer`)."""
+        return self.normalizer(self.unnormalized_weight(), spatial)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.effective_weight()
+
+    def load_weight(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> None:
+        """Set the raw weight so that the layer applies exactly ``weight`` (an effective weight inside
+        the constraint); raises :class:`ConfigError` if the mask, transform or constraint would change it."""
+        weight = torch.as_tensor(weight, dtype=self.raw_weight.dtype, device=self.raw_weight.device)
+        with torch.no_grad():
+            self.raw_weight.copy_(weight)
+            produced = self.unnormalized_weight()
+            if not torch.equal(produced, weight):
+                raise ConfigError("the loaded weight is not reproduced by the layer's mask or transform")
+            factor = self.normalizer.scale(produced, spatial)
+        if factor != 1.0:
+            raise ConfigError(
+                f"the loaded weight has estimated norm {factor * self.normalizer.coeff:.6g} > coeff "
+                f"{self.normalizer.coeff}: it is not an effective (normalised) weight of this layer"
+            )
+
+
+class LipschitzLinear(_LipschitzLayer):
+    """y = W_eff x + b with ‖W_eff‖_{in_order→out_order} ≤ coeff (up to the estimate; module docstring)."""
+
+    def __init__(self, in_features: int, out_features: int, coeff: float, mask: Tensor | None = None,
+                 bias: bool = True, *, transform: Callable[[Tensor], Tensor] | None = None, **normalizer):
+        super().__init__((out_features, in_features), coeff, mask, bias, transform, "linear", **normalizer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+
+class LipschitzConv2d(_LipschitzLayer):
+    """Stride-1 'same' convolution with the operator norm of W_eff at the input's size ≤ coeff."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, coeff: float,
+                 mask: Tensor | None = None, bias: bool = True, *,
+                 transform: Callable[[Tensor], Tensor] | None = None, **normalizer):
+        if kernel_size % 2 != 1:
+            raise ConfigError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        super().__init__((out_channels, in_channels, kernel_size, kernel_size), coeff, mask, bias, transform,
+                         "conv", **normalizer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.effective_weight(tuple(x.shape[-2:]))
+        return F.conv2d(x, weight, self.bias, padding=self.normalizer.padding)
+
+
+# ----------------------------------------------------------------------------- model-wide
+
+def normalizers(model: nn.Module) -> Iterator[tuple[str, LipschitzNormalizer]]:
+    return ((name, m) for name, m in model.named_modules() if isinstance(m, LipschitzNormalizer))
+
+
+def refresh_norms(model: nn.Module) -> dict[str, PowerIterationReport]:
+    """Run every constrained layer's estimate to its tolerance now, on its current weight (and, for
+    convolutions, the last input size); returns the reports by module name. Use before evaluation,
+    after loading and on EMA weights (module docstring)."""
+    reports = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _LipschitzLayer):
+            with torch.no_grad():
+                reports[f"{name}.normalizer" if name else "normalizer"] = module.normalizer.estimate(
+                    module.unnormalized_weight())
+    return reports
+
+
+def norm_reports(model: nn.Module) -> dict[str, PowerIterationReport | None]:
+    """The last report of every normaliser in ``model`` (None where none has run yet)."""
+    return {name: m.last_report for name, m in normalizers(model)}

@@ -1,0 +1,741 @@
+"""Quasi-autoregressive residual blocks and models (QuAR flows, Gopal; see the reference module).
+
+``f(x) = x + F(x)`` with ``F(x) = σ·N(x)/(θ + Π_i σ̂_i)`` (the Lipschitz trick, Sec. 4.2), ``N`` a
+masked network whose Jacobian is LOWER triangular in the autoregressive order:
+
+* ``quar_mlp`` — event ``(D,)``, order ``0, …, D−1``. Hidden layer ``i`` has ``k_i·D`` units in
+  ``D`` interleaved groups (unit ``u`` in group ``u mod D``); group ``g1`` feeds group ``g2`` of the
+  next layer iff ``g1 ≤ g2``, in the first layer too (MADE would use ``g1 < g2`` there and lose the
+  diagonal).
+* ``quar_conv`` — event ``(C, H, W)``, raster order over pixels, then channel (PixelCNN, App. C):
+  ``act → conv → act → … → conv`` (App. A: 3×3, 1×1, 3×3), hidden channels ``k_i·C`` in ``C``
+  groups (channel ``c`` in group ``c mod C``); kernels read the rows above and the taps left of the
+  centre in full and, at the centre tap, channel groups ``g_in ≤ g_out`` (one mask type, so the
+  diagonal is kept).
+
+Log-determinant by diagonal propagation (Sec. 4.1)
+    ``∂F_d/∂x_d`` only involves the diagonal blocks ``B_{i,d}`` (``k_i × k_{i−1}``; for convs the
+    group-diagonal blocks of the centre taps): ``δ_1 = B_{1,d}``, ``δ_i = φ′(a_i) ⊙ B_{i,d} δ_{i−1}``,
+    ``∂N_d/∂x_d = B_{L,d} δ_{L−1}`` (convs start with ``δ_0 = φ′(x)``). It is carried alongside the
+    forward pass, without building the Jacobian, and ``log|det| = Σ_d log(1 + ∂F_d/∂x_d)``
+    exactly; gradients come from autograd through it. With the interleaved groups a hidden tensor
+    reshapes to ``(B, k, G, …)`` with the group axis inner, so ``δ`` lives in the hidden tensors'
+    own layout: the product with a layer's blocks is ``k_{i−1}`` broadcast multiply-adds, and the
+    product with ``φ′`` one fused kernel for ELU (``elu_backward``) — about ``k + 1`` passes over a
+    hidden tensor per layer, next to a matrix product or convolution of ``k·D`` (``9·k·C``) multiply-adds
+    per entry.
+
+Norms (``norm``): the estimates ``σ̂_i = u_iᵀ W_i v_i`` come from the vectors ``u_i``, ``v_i``
+(canonical buffers), refreshed by up to :data:`KRYLOV_STEPS` Golub–Kahan–Lanczos steps from the
+stored vector (the top singular values of convolution operators are nearly degenerate, ratios of
+0.999 are common, where a power iteration alone needs thousands of steps) followed by the
+warm-started adaptive power iteration of :mod:`.power_iteration`, which confirms convergence and
+reports. Both give lower bounds of the norm.
+
+* ``"full"`` (option (a)): the full masked weight ``M_i ⊙ W_i`` — for convolutions the operator at
+  the input's spatial size, iterated with ``conv2d`` / ``conv_transpose2d``. Guarantee:
+  ``Lip(F) ≤ σ·Π_i(‖W_i‖/σ̂_i) = σ(1 + tol)``, so the fixed-point inverse converges at rate
+  ``≤ σ(1 + tol)`` and ``cond(I + J_F) ≤ (1 + σ)/(1 − σ)``.
+* ``"diagonal"`` (option (b)): the diagonal blocks only, each block iterated on its own vectors
+  (batched over the blocks) and the maximum taken (App. C). Guarantee: ``|∂F_d/∂x_d| ≤ σ(1 + tol)`` for every ``d`` and ``x``, so
+  ``f`` is invertible (each coordinate's map is strictly increasing with slope ``≥ 1 − σ(1 + tol)``)
+  and ``log|det| ≥ D·log(1 − σ(1 + tol))`` — but NOT ``Lip(F) ≤ σ``: a block-triangular matrix does
+  not have the norm of its block diagonal (``‖[[2, 3], [0, 1]]‖₂ ≈ 3.70``), App. C notwithstanding.
+  Iterating each block on its own vector also removes App. C's warm-start trap: one vector over the
+  whole block-diagonal matrix, converged on a block, keeps reporting that block's norm after another
+  block has become dominant (``diag(2, 1) → diag(2, 3)`` stays at 2).
+
+``tol`` is the relative gap between an estimate and the norm. Both iterations stop when σ̂ changes
+by at most ``pi_rtol·σ̂`` (default ``√ε/16`` of the dtype; the conformance suite holds the gap to
+``8√ε``), the power iteration at the latest after ``pi_max_iter`` iterations. A stop on the change
+does not bound the gap, so the reports of the last run are kept in :attr:`last_power_iteration`
+and a run that hit the cap warns.
+
+When the power iteration runs: whenever a weight has changed since the last run (an optimizer step,
+:meth:`assign_parameters`, a ``load_state_dict``, an EMA copy) — at the next forward, inverse or
+:func:`plain_forward`, in training and in evaluation mode alike — so a flow never evaluates with
+stale vectors (weights are tracked by their version counters; a dtype or device move is not a
+change); :meth:`refresh_norms` runs it on demand. Loading a spec (:meth:`from_spec`) takes the
+spec's vectors as they are: a spec fixes the function exactly.
+
+Inverses (``inverse`` in the config; default ``"fixed_point"`` under option (a),
+``"coordinatewise"`` under (b)):
+
+* :meth:`fixed_point_inverse` — ``x ← y − F(x)`` from ``x = y`` (Algorithm 1), stopping when the
+  residual ``‖x + F(x) − y‖ ≤ rtol·max(‖y‖, 1)`` per sample (its forward error is up to
+  ``1/(1 − Lip(F))`` larger); raises :class:`ConvergenceError` with the residual at the cap or on
+  non-finite iterates. Under option (a) it converges at rate ``σ(1 + tol)``. Under option (b) it
+  still converges asymptotically (``J_F`` is triangular with ``|diagonal| ≤ σ``) but with unbounded
+  transient growth: for a lower-triangular linear ``F`` with diagonal 0.9 and N(0, 1) entries below
+  it the error reaches 1e21 at D = 30 (float32 overflows at D = 60), so it hits its cap.
+* :meth:`coordinatewise_inverse` — sure to work under both options: coordinates in the
+  autoregressive order, each solved by a safeguarded Newton iteration (bisection inside a bracket
+  that the sign of the residual maintains) on its strictly increasing 1-D map. Cost: sequential
+  network evaluations, as when sampling an autoregressive flow: every evaluation gives the current
+  coordinate a safeguarded Newton step and every later coordinate a Newton step towards its own
+  equation, so weakly coupled coordinates converge together (a few evaluations for generic blocks
+  near the identity) and strongly coupled ones wait for their predecessors (up to about ``D``
+  times the 1–3 steps a coordinate needs: 31 evaluations at ``D = 30`` in the example above). The
+  map itself may be ill-conditioned: under (a) ``cond(I + J_F) ≤ (1 + σ)/(1 − σ)``, under (b) there
+  is no such bound (``cond`` ≈ 370 in that example at ``D = 30``, ≈ 2·10⁴ at ``D = 60``), so a small
+  backward error ``‖f(x̂) − y‖ ≤ rtol·max(‖y‖, 1)`` is what it guarantees.
+
+Both inverses run without gradient tracking (``rsample`` through a QuAR block is not differentiable).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowspec.errors import ConfigError, ConvergenceError
+from flowspec.spec import FlowSpec
+
+from .actnorm import ActNorm
+from .base import Flow, batch_sum, register
+from .elementwise import Logit
+from .lipschitz import ELU, Activation, Identity, make_activation
+from .power_iteration import PowerIterationReport, lanczos, power_iteration
+from .sequential import Sequential
+from .squeeze import Squeeze
+
+NORMS = ("full", "diagonal")
+INVERSES = ("fixed_point", "coordinatewise")
+DEFAULT_INVERSE = {"full": "fixed_point", "diagonal": "coordinatewise"}
+CONV_KERNELS = (3, 1, 3)
+MAX_STEPS_PER_COORDINATE = 200
+KRYLOV_STEPS = 32
+
+
+# ----------------------------------------------------------------------------- activations
+
+ACTIVATIONS = ("elu", "identity")
+"""Activations of QuAR blocks (:mod:`.lipschitz`'s modules, ``|φ′| ≤ 1``; ELU as in App. A)."""
+
+
+def _times_derivative(act: Activation, delta: Tensor, a: Tensor, value: Tensor) -> Tensor:
+    """``δ ⊙ φ′(a)``; for ELU one fused kernel reading ``φ(a)`` (``φ′ = φ + 1`` where ``a ≤ 0``)."""
+    if isinstance(act, ELU):
+        return torch.ops.aten.elu_backward(delta, 1.0, 1.0, 1.0, True, value)
+    if isinstance(act, Identity):
+        return delta
+    return delta * act.derivative(a)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def group_mask(groups: int, k_out: int, k_in: int) -> Tensor:
+    """``(k_out·G, k_in·G)`` 0/1 mask: output unit ``o`` reads input unit ``i`` iff
+    ``i mod G ≤ o mod G`` (the quasi-autoregressive rule, equality kept in every layer)."""
+    g_out = torch.arange(k_out * groups) % groups
+    g_in = torch.arange(k_in * groups) % groups
+    return (g_in[None, :] <= g_out[:, None]).to(torch.get_default_dtype())
+
+
+def kernel_mask(groups: int, k_out: int, k_in: int, size: int) -> Tensor:
+    """PixelCNN mask of a ``size × size`` kernel: rows above the centre and taps left of it in full,
+    :func:`group_mask` at the centre tap."""
+    c = size // 2
+    mask = torch.zeros(k_out * groups, k_in * groups, size, size)
+    mask[:, :, :c, :] = 1.0
+    mask[:, :, c, :c] = 1.0
+    mask[:, :, c, c] = group_mask(groups, k_out, k_in)
+    return mask
+
+
+def _check_int_list(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(values)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ConfigError(f"{name} must be a non-empty list of positive ints, got {values!r}")
+    return values
+
+
+# ----------------------------------------------------------------------------- the block
+
+class _QuARBlock(Flow):
+    """What the MLP and conv blocks share: parameters, the Lipschitz trick, the power iteration,
+    diagonal propagation driver, the two inverses and the conformance hooks (module docstring)."""
+
+    conformance_hooks = frozenset({
+        "diag_jacobian", "jacobian", "power_iteration_state", "refresh_norms", "lipschitz_scale",
+        "assign_parameters", "fixed_point_inverse", "coordinatewise_inverse",
+    })
+
+    def __init__(
+        self, groups: int, factors: tuple[int, ...], *, activation: str, sigma: float, norm: str,
+        inverse: str | None, pi_rtol: float | None, pi_max_iter: int, krylov_steps: int,
+        inverse_rtol: float | None, inverse_max_iter: int, validate_args: bool | None,
+    ):
+        super().__init__(validate_args=validate_args)
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0.0 < sigma < 1.0:
+            raise ConfigError(f"sigma must lie in (0, 1) for a contractive residual branch, got {sigma!r}")
+        if norm not in NORMS:
+            raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}")
+        inverse = DEFAULT_INVERSE[norm] if inverse is None else inverse
+        if inverse not in INVERSES:
+            raise ConfigError(f"inverse must be one of {INVERSES} or None, got {inverse!r}")
+        if min(pi_max_iter, krylov_steps, inverse_max_iter) < 1:
+            raise ConfigError(f"iteration caps must be ≥ 1, got pi_max_iter={pi_max_iter}, "
+                              f"krylov_steps={krylov_steps}, inverse_max_iter={inverse_max_iter}")
+        self.groups, self.factors = groups, factors
+        self.activation, self.sigma, self.norm, self.inverse_method = activation, float(sigma), norm, inverse
+        self.pi_rtol, self.pi_max_iter, self.krylov_steps = pi_rtol, pi_max_iter, krylov_steps
+        self.inverse_rtol, self.inverse_max_iter = inverse_rtol, inverse_max_iter
+        self._act = make_activation(activation)
+        self.rho = nn.Parameter(torch.full((groups,), -3.0))
+        self.last_power_iteration: list[PowerIterationReport] = []
+        self._fresh: tuple | None = None
+        self._plain = False  # set by plain_forward(): the forward then skips the log-determinant
+
+    # ------------------------------------------------------------------ layers (subclass hooks)
+    @property
+    def n_layers(self) -> int:
+        return len(self.factors) - 1
+
+    def _add_layer(self, i: int, weight_shape: tuple[int, ...], mask: Tensor, u_shape: tuple[int, ...], v_shape: tuple[int, ...]) -> None:
+        self.register_parameter(f"weight_{i}", nn.Parameter(torch.empty(weight_shape)))
+        self.register_parameter(f"bias_{i}", nn.Parameter(torch.zeros(weight_shape[0])))
+        self.register_buffer(f"u_{i}", self._random_unit(u_shape))
+        self.register_buffer(f"v_{i}", self._random_unit(v_shape))
+        self.register_buffer(f"_mask_{i}", mask, persistent=False)
+
+    def _random_unit(self, shape: tuple[int, ...]) -> Tensor:
+        """A random start of the power iteration: one unit vector, or one per block under option (b)."""
+        t = torch.randn(shape)
+        flat = t.reshape(-1) if self.norm == "full" else t
+        return F.normalize(flat, dim=-1).reshape(shape)
+
+    def weights(self) -> list[Tensor]:
+        return [getattr(self, f"weight_{i}") for i in range(self.n_layers)]
+
+    def masked_weights(self) -> list[Tensor]:
+        """``M_i ⊙ W_i`` for every layer (differentiable in the weights)."""
+        return [w * getattr(self, f"_mask_{i}") for i, w in enumerate(self.weights())]
+
+    def block_diagonal(self, i: int, weight: Tensor) -> Tensor:
+        """Layer ``i``'s diagonal blocks (of the centre tap for kernels) as ``(k_i, k_{i−1}, G)``:
+        entry ``[o, j, g]`` connects unit ``j`` of group ``g`` to unit ``o`` of group ``g``."""
+        if weight.dim() == 4:
+            c = weight.shape[-1] // 2
+            weight = weight[:, :, c, c]
+        g, k_out, k_in = self.groups, self.factors[i + 1], self.factors[i]
+        # contiguous: a strided diagonal view would push every pass that reads it off the vector path
+        return weight.reshape(k_out, g, k_in, g).diagonal(dim1=1, dim2=3).contiguous()
+
+    def diagonal_blocks(self, i: int, weight: Tensor) -> Tensor:
+        """The ``(G, k_i, k_{i−1})`` stack of layer ``i``'s diagonal blocks."""
+        return self.block_diagonal(i, weight).permute(2, 0, 1)
+
+    def _propagate(self, i: int, weight: Tensor, delta: Tensor) -> Tensor:
+        """``δ ↦ B_i δ`` group by group, for ``δ`` of shape ``(B, k_{i−1}, G, …)``: ``k_{i−1}``
+        broadcast multiply-adds."""
+        blocks = self.block_diagonal(i, weight)
+        blocks = blocks.reshape(blocks.shape + (1,) * (delta.dim() - 3))
+        out = delta[:, 0:1] * blocks[:, 0]
+        for j in range(1, blocks.shape[1]):
+            out.addcmul_(delta[:, j:j + 1], blocks[:, j])
+        return out
+
+    def _full_operator(self, i: int, weight: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], int]:
+        raise NotImplementedError
+
+    def _network(self, x: Tensor, weights: list[Tensor], with_diagonal: bool) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ power iteration
+    def _operator(self, i: int, weight: Tensor) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], int]:
+        """``(matvec, rmatvec, event_dims)`` of what layer ``i``'s estimate measures."""
+        if self.norm == "full":
+            return self._full_operator(i, weight)
+        blocks = self.diagonal_blocks(i, weight)
+        return (lambda v: torch.einsum("gok,gk->go", blocks, v), lambda u: torch.einsum("gok,go->gk", blocks, u), 1)
+
+    def _versions(self) -> tuple:
+        return tuple((w.data_ptr(), w._version) for w in self.weights())
+
+    def _mark_fresh(self) -> None:
+        self._fresh = self._versions()
+
+    def is_stale(self) -> bool:
+        """Whether a weight changed since the power iteration last ran (or the spec was loaded)."""
+        return self._fresh != self._versions()
+
+    def _default_pi_rtol(self) -> float:
+        return math.sqrt(torch.finfo(self.rho.dtype).eps) / 16.0
+
+    @torch.no_grad()
+    def refresh_norms(self) -> Tensor:
+        """Refresh every layer's vectors now (Lanczos, then the warm-started power iteration, module
+        docstring); return the estimates ``σ̂_i``."""
+        rtol = self._default_pi_rtol() if self.pi_rtol is None else self.pi_rtol
+        reports = []
+        for i, weight in enumerate(self.masked_weights()):
+            matvec, rmatvec, event_dims = self._operator(i, weight)
+            u, v = getattr(self, f"u_{i}"), getattr(self, f"v_{i}")
+            _, u_start, v_start, _ = lanczos(matvec, rmatvec, v, rtol=rtol, max_steps=self.krylov_steps,
+                                             event_dims=event_dims)
+            _, u_new, v_new, report = power_iteration(
+                matvec, rmatvec, u_start, v_start, atol=0.0, rtol=rtol, max_iter=self.pi_max_iter, event_dims=event_dims,
+            )
+            u.copy_(u_new)
+            v.copy_(v_new)
+            reports.append(report)
+        self.last_power_iteration = reports
+        self._mark_fresh()
+        capped = [i for i, r in enumerate(reports) if r.hit_cap]
+        if capped:
+            warnings.warn(
+                f"{self.kind}: the power iteration of layers {capped} stopped at its cap of {self.pi_max_iter} "
+                f"iterations (last relative change {max(reports[i].last_change for i in capped):.1e}); "
+                f"the norm estimates may be low and the Lipschitz guarantee void", RuntimeWarning, stacklevel=3,
+            )
+        return self.power_iteration_state()
+
+    def _ensure_fresh(self) -> None:
+        if self.is_stale():
+            self.refresh_norms()
+
+    def _estimates(self, weights: list[Tensor]) -> list[Tensor]:
+        """``σ̂_i = u_iᵀ W_i v_i`` (max over blocks under option (b)), differentiable in the weights."""
+        out = []
+        for i, w in enumerate(weights):
+            u, v = getattr(self, f"u_{i}"), getattr(self, f"v_{i}")
+            if self.norm == "diagonal":
+                out.append(torch.einsum("go,gok,gk->g", u, self.diagonal_blocks(i, w), v).max())
+            else:
+                matvec, _, _ = self._full_operator(i, w)
+                out.append((u * matvec(v)).sum())
+        return out
+
+    def theta(self) -> Tensor:
+        """``θ = softplus(ρ) = log(1 + e^ρ) ≥ 0`` per group (Sec. 4.2), without a linear cut-off."""
+        return torch.logaddexp(self.rho, torch.zeros_like(self.rho))
+
+    def _scale(self, weights: list[Tensor]) -> Tensor:
+        """``σ / (θ + Π_i σ̂_i)``, the Lipschitz trick's factor per group (Sec. 4.2)."""
+        return self.sigma / (self.theta() + torch.stack(self._estimates(weights)).prod())
+
+    # ------------------------------------------------------------------ the map
+    def _prepare(self) -> tuple[list[Tensor], Tensor]:
+        """What every evaluation shares: the masked weights and the Lipschitz-trick factor."""
+        weights = self.masked_weights()
+        return weights, self._scale(weights)
+
+    def _residual(self, x: Tensor, with_diagonal: bool, prepared: tuple[list[Tensor], Tensor] | None = None,
+                  ) -> tuple[Tensor, Tensor | None]:
+        """``F(x)`` and, with ``with_diagonal``, ``∂F_d/∂x_d`` (both shaped like ``x``); ``prepared`` from
+        :meth:`_prepare` saves recomputing the weights in iterative solves."""
+        weights, scale = self._prepare() if prepared is None else prepared
+        scale = scale.reshape((-1,) + (1,) * (x.dim() - 2))
+        out, diag = self._network(x, weights, with_diagonal)
+        return scale * out, (None if diag is None else scale * diag)
+
+    def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        self._ensure_fresh()
+        out, diag = self._residual(x, not self._plain)
+        return x + out, (x.new_zeros(x.shape[0]) if diag is None else batch_sum(torch.log1p(diag)))
+
+    def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
+        if self.inverse_method == "fixed_point":
+            return self.fixed_point_inverse(z)
+        return self.coordinatewise_inverse(z)
+
+    # ------------------------------------------------------------------ inverses
+    def _rtol(self, rtol: float | None, dtype: torch.dtype) -> float:
+        if rtol is not None:
+            return float(rtol)
+        return self.inverse_rtol if self.inverse_rtol is not None else 32.0 * torch.finfo(dtype).eps
+
+    @staticmethod
+    def _sample_norm(t: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], -1).norm(dim=1)
+
+    @torch.no_grad()
+    def fixed_point_inverse(self, y: Tensor, rtol: float | None = None, max_iter: int | None = None) -> Tensor:
+        """``x ← y − F(x)`` from ``x = y`` until ``‖x + F(x) − y‖ ≤ rtol·max(‖y‖, 1)`` per sample
+        (module docstring); :class:`ConvergenceError` at the cap or on non-finite iterates."""
+        rtol, cap = self._rtol(rtol, y.dtype), self.inverse_max_iter if max_iter is None else max_iter
+        self._ensure_fresh()
+        scale, prepared = self._sample_norm(y).clamp_min(1.0), self._prepare()
+        x = y.clone()
+        worst = float("inf")
+        for it in range(cap):
+            out = self._residual(x, False, prepared)[0]
+            relative = self._sample_norm(x + out - y) / scale
+            worst = float(relative.max())
+            if not math.isfinite(worst):
+                raise ConvergenceError("fixed-point inverse of a QuAR block diverged to non-finite values",
+                                       residual=worst, iterations=it, tolerance=rtol)
+            if worst <= rtol:
+                return x
+            x = y - out
+        raise ConvergenceError("fixed-point inverse of a QuAR block did not converge",
+                               residual=worst, iterations=cap, tolerance=rtol)
+
+    def autoregressive_order(self) -> Tensor:
+        """C-order flat indices of one sample listed in the autoregressive order."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def coordinatewise_inverse(self, y: Tensor, rtol: float | None = None) -> Tensor:
+        """Solve coordinate by coordinate in the autoregressive order (module docstring).
+
+        Each evaluation of the network gives every coordinate's residual ``r_j`` and slope
+        ``1 + ∂F_j/∂x_j ≥ 1 − σ(1 + tol) > 0``. The current coordinate ``d`` (the first whose
+        ``|r_d|`` exceeds ``rtol·max(‖y‖, 1)/√D``) takes a Newton step kept inside the bracket that
+        the signs of its residuals have established (bisection otherwise); it is accepted at that
+        tolerance or when the bracket or the step has shrunk to the rounding of ``x_d``. Coordinates
+        after ``d`` take Newton steps from the same evaluation (kept finite and within ``10⁶`` of
+        ``max(|y|, 1)``), which only sets their starting points: ``F_d`` does not depend on them.
+        """
+        rtol = self._rtol(rtol, y.dtype)
+        self._ensure_fresh()
+        batch, shape = y.shape[0], y.shape[1:]
+        size = math.prod(shape)
+        order = self.autoregressive_order().to(y.device)
+        target = y.reshape(batch, size)[:, order]
+        x = target.clone()
+        tol = (self._sample_norm(y).clamp_min(1.0) * rtol / math.sqrt(size))[:, None]
+        limit = 1e6 * target.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+        eps = torch.finfo(y.dtype).eps
+        position = torch.zeros(batch, dtype=torch.long, device=y.device)
+        low = torch.full((batch,), -math.inf, dtype=y.dtype, device=y.device)
+        high = torch.full_like(low, math.inf)
+        steps = torch.zeros_like(position)
+        rows = torch.arange(batch, device=y.device)
+        index = torch.arange(size, device=y.device)
+        inverse_order = torch.empty_like(order)
+        inverse_order[order] = index
+        prepared = self._prepare()
+        for _ in range(MAX_STEPS_PER_COORDINATE * size):
+            current = x[:, inverse_order].reshape(y.shape)
+            out, diag = self._residual(current, True, prepared)
+            residual = x + out.reshape(batch, size)[:, order] - target
+            slope = 1.0 + diag.reshape(batch, size)[:, order]
+            pending = (residual.abs() > tol) & (index[None, :] >= position[:, None])
+            new_position = torch.where(pending.any(dim=1), pending.to(torch.int8).argmax(dim=1), size)
+            moved = new_position != position
+            low, high = torch.where(moved, -math.inf, low), torch.where(moved, math.inf, high)
+            steps = torch.where(moved, 0, steps)
+            position = new_position
+            active = position < size
+            if not bool(active.any()):
+                return x[:, inverse_order].reshape(y.shape)
+            d = position.clamp(max=size - 1)
+            t, r, s = x[rows, d], residual[rows, d], slope[rows, d]
+            high = torch.where(active & (r > 0), torch.minimum(high, t), high)
+            low = torch.where(active & (r < 0), torch.maximum(low, t), low)
+            newton = t - r / s
+            inside = (newton > low) & (newton < high) & (s > 0)
+            bracketed = torch.isfinite(low) & torch.isfinite(high)
+            step = torch.where(inside, newton, torch.where(bracketed, 0.5 * (low + high), t - r))
+            stalled = (bracketed & ((high - low) <= 4 * eps * torch.maximum(low.abs(), high.abs()))) | (
+                (step - t).abs() <= 2 * eps * t.abs())
+            if bool((steps > MAX_STEPS_PER_COORDINATE).any()):
+                worst = float((self._sample_norm(residual) / self._sample_norm(y).clamp_min(1.0)).max())
+                raise ConvergenceError(
+                    f"coordinate-wise inverse of a QuAR block did not converge at coordinate {int(d.max())}",
+                    residual=worst, iterations=int(steps.max()), tolerance=rtol)
+            ahead = index[None, :] > position[:, None]
+            guess = x - residual / slope
+            keep = ahead & torch.isfinite(guess) & ((guess - target).abs() <= limit) & (slope > 0)
+            x = torch.where(keep, guess, x)
+            x[rows, d] = torch.where(active & ~stalled, step, t)
+            position = torch.where(active & stalled, position + 1, position)
+            low = torch.where(stalled, -math.inf, low)
+            high = torch.where(stalled, math.inf, high)
+            steps = torch.where(stalled, 0, steps + 1)
+        raise ConvergenceError("coordinate-wise inverse of a QuAR block ran out of evaluations",
+                               residual=float("inf"), iterations=MAX_STEPS_PER_COORDINATE * size, tolerance=rtol)
+
+    # ------------------------------------------------------------------ spec exchange
+    def load_spec_params(self, spec: FlowSpec) -> None:
+        """Load the spec's arrays; its power-iteration vectors are taken as the current state."""
+        super().load_spec_params(spec)
+        self._mark_fresh()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        stale = self.is_stale()
+        out = super()._apply(fn, recurse)
+        if not stale:
+            self._mark_fresh()
+        return out
+
+    # ------------------------------------------------------------------ hooks
+    def diag_jacobian(self, x: Tensor) -> Tensor:
+        """``∂F_d/∂x_d`` by diagonal propagation, shaped like ``x`` (the residual branch's diagonal)."""
+        self._ensure_fresh()
+        with torch.no_grad():
+            return self._residual(x, True)[1]
+
+    def jacobian(self, x: Tensor) -> Tensor:
+        """This implementation's own autograd Jacobian ``∂z/∂x`` per sample, ``(B, D, D)`` over C-order
+        flat indices (for the exact-zero check of the entries above the diagonal)."""
+        self._ensure_fresh()
+        size = math.prod(self.event_shape)
+        rows = []
+        for sample in x:
+            def one(flat: Tensor) -> Tensor:
+                point = flat.reshape((1,) + tuple(self.event_shape))
+                return (point + self._residual(point, False)[0]).reshape(size)
+            rows.append(torch.autograd.functional.jacobian(one, sample.reshape(size).detach()))
+        return torch.stack(rows)
+
+    def power_iteration_state(self) -> Tensor:
+        """The estimates ``σ̂_i`` the forward uses now, one per layer."""
+        with torch.no_grad():
+            return torch.stack(self._estimates(self.masked_weights()))
+
+    def lipschitz_scale(self) -> Tensor:
+        """The Lipschitz trick's factor ``σ/(θ + Π σ̂_i)`` per group, as the forward uses it."""
+        with torch.no_grad():
+            return self._scale(self.masked_weights())
+
+    def assign_parameters(self, **values: Tensor) -> None:
+        """Overwrite trainable parameters in place, as an optimizer step does (the power-iteration
+        vectors stay warm; the next evaluation refreshes them)."""
+        params = dict(self.named_parameters())
+        unknown = sorted(set(values) - set(params))
+        if unknown:
+            raise ConfigError(f"{self.kind} has no parameters {unknown}; it has {sorted(params)}")
+        with torch.no_grad():
+            for name, value in values.items():
+                params[name].copy_(torch.as_tensor(value, dtype=params[name].dtype))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "hidden_factors": list(self.factors[1:-1]), "activation": self.activation, "sigma": self.sigma,
+            "norm": self.norm, "inverse": self.inverse_method,
+        }
+
+
+@register("quar_mlp")
+class QuARMLP(_QuARBlock):
+    """QuAR block on vectors ``(D,)``: masked MLP ``D → k_1·D → … → D`` (module docstring)."""
+
+    def __init__(
+        self, dim: int, hidden_factors: Sequence[int], activation: str = "elu", sigma: float = 0.97,
+        norm: str = "full", inverse: str | None = None, *, pi_rtol: float | None = None, pi_max_iter: int = 1000,
+        krylov_steps: int = KRYLOV_STEPS, inverse_rtol: float | None = None, inverse_max_iter: int = 2000,
+        validate_args: bool | None = None,
+    ):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"dim must be a positive int, got {dim!r}")
+        factors = (1,) + _check_int_list("hidden_factors", hidden_factors) + (1,)
+        super().__init__(
+            dim, factors, activation=activation, sigma=sigma, norm=norm, inverse=inverse, pi_rtol=pi_rtol,
+            pi_max_iter=pi_max_iter, krylov_steps=krylov_steps, inverse_rtol=inverse_rtol,
+            inverse_max_iter=inverse_max_iter,
+            validate_args=validate_args,
+        )
+        for i in range(self.n_layers):
+            n_out, n_in = factors[i + 1] * dim, factors[i] * dim
+            full = self.norm == "full"
+            self._add_layer(i, (n_out, n_in), group_mask(dim, factors[i + 1], factors[i]),
+                            (n_out,) if full else (dim, factors[i + 1]), (n_in,) if full else (dim, factors[i]))
+            mask = getattr(self, f"_mask_{i}")
+            bound = 1.0 / math.sqrt(n_in)
+            with torch.no_grad():
+                getattr(self, f"weight_{i}").uniform_(-bound, bound).mul_(mask)
+        self.refresh_norms()
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (self.groups,)
+
+    def config(self) -> dict[str, Any]:
+        return {"dim": self.groups, **super().config()}
+
+    def autoregressive_order(self) -> Tensor:
+        return torch.arange(self.groups)
+
+    def _full_operator(self, i, weight):
+        return (lambda v: weight @ v, lambda u: weight.T @ u, 1)
+
+    def _network(self, x: Tensor, weights: list[Tensor], with_diagonal: bool) -> tuple[Tensor, Tensor | None]:
+        """Masked MLP and, with ``with_diagonal``, ``∂N_d/∂x_d`` by diagonal propagation (Sec. 4.1):
+        ``δ`` has the layout ``(B, k_i, D)`` of the hidden units; the first layer's blocks enter the
+        fused ``φ′`` product as a broadcast view."""
+        batch, last = x.shape[0], self.n_layers - 1
+        h, delta = x, None
+        for i, w in enumerate(weights):
+            a = F.linear(h, w, getattr(self, f"bias_{i}"))
+            if with_diagonal:
+                delta = (self.block_diagonal(i, w)[:, 0].expand(batch, -1, -1) if delta is None
+                         else self._propagate(i, w, delta))
+            if i == last:
+                return a, (None if delta is None else delta.reshape(x.shape))
+            h = self._act(a)
+            if with_diagonal:
+                grouped = (batch, self.factors[i + 1], self.groups)
+                delta = _times_derivative(self._act, delta, a.view(grouped), h.view(grouped))
+        raise AssertionError("the last layer returns")
+
+
+@register("quar_conv")
+class QuARConv(_QuARBlock):
+    """QuAR block on images ``(C, H, W)``: ``act → conv → … → conv`` with PixelCNN masks over raster
+    order and channel groups (module docstring; App. A, C)."""
+
+    def __init__(
+        self, shape: Sequence[int], hidden_factors: Sequence[int], kernels: Sequence[int] = CONV_KERNELS,
+        activation: str = "elu", sigma: float = 0.97, norm: str = "full", inverse: str | None = None, *,
+        pi_rtol: float | None = None, pi_max_iter: int = 1000, krylov_steps: int = KRYLOV_STEPS,
+        inverse_rtol: float | None = None,
+        inverse_max_iter: int = 2000, validate_args: bool | None = None,
+    ):
+        shape = tuple(shape)
+        if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+            raise ConfigError(f"shape must be [C, H, W] of positive ints, got {shape!r}")
+        kernels = _check_int_list("kernels", kernels)
+        if any(k % 2 == 0 for k in kernels):
+            raise ConfigError(f"kernels must be odd sizes (centred taps), got {kernels!r}")
+        factors = (1,) + _check_int_list("hidden_factors", hidden_factors) + (1,)
+        if len(factors) != len(kernels) + 1:
+            raise ConfigError(f"hidden_factors needs {len(kernels) - 1} entries for kernels {kernels}, got {hidden_factors!r}")
+        super().__init__(
+            shape[0], factors, activation=activation, sigma=sigma, norm=norm, inverse=inverse, pi_rtol=pi_rtol,
+            pi_max_iter=pi_max_iter, krylov_steps=krylov_steps, inverse_rtol=inverse_rtol,
+            inverse_max_iter=inverse_max_iter,
+            validate_args=validate_args,
+        )
+        self._shape, self.kernels = shape, kernels
+        c, height, width = shape
+        for i, size in enumerate(kernels):
+            n_out, n_in = factors[i + 1] * c, factors[i] * c
+            full = self.norm == "full"
+            self._add_layer(i, (n_out, n_in, size, size), kernel_mask(c, factors[i + 1], factors[i], size),
+                            (n_out, height, width) if full else (c, factors[i + 1]),
+                            (n_in, height, width) if full else (c, factors[i]))
+            mask = getattr(self, f"_mask_{i}")
+            bound = 1.0 / math.sqrt(float(mask.sum(dim=(1, 2, 3)).clamp_min(1).mean()))
+            with torch.no_grad():
+                getattr(self, f"weight_{i}").uniform_(-bound, bound).mul_(mask)
+        self.refresh_norms()
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    def config(self) -> dict[str, Any]:
+        return {"shape": list(self._shape), "kernels": list(self.kernels), **super().config()}
+
+    def autoregressive_order(self) -> Tensor:
+        c, h, w = self._shape
+        return torch.arange(c * h * w).reshape(c, h, w).permute(1, 2, 0).reshape(-1)
+
+    def _full_operator(self, i, weight):
+        p = weight.shape[-1] // 2
+        return (lambda v: F.conv2d(v[None], weight, padding=p)[0],
+                lambda u: F.conv_transpose2d(u[None], weight, padding=p)[0], 3)
+
+    def _network(self, x: Tensor, weights: list[Tensor], with_diagonal: bool) -> tuple[Tensor, Tensor | None]:
+        """Masked conv net and, with ``with_diagonal``, ``∂N_d/∂x_d`` by diagonal propagation through
+        the centre taps' group-diagonal blocks: ``δ`` has the layout ``(B, k_i, C, H, W)`` of the
+        hidden channels; ``δ_0 = φ′(x)`` enters the first block product as one fused pass."""
+        batch, c, height, width = x.shape
+        h, delta = x, None
+        for i, w in enumerate(weights):
+            g = self._act(h)
+            if with_diagonal:
+                grouped = (batch, self.factors[i], c, height, width)
+                if delta is None:
+                    first = self.block_diagonal(i, w)[:, 0, :, None, None].expand(batch, -1, -1, height, width)
+                    delta = _times_derivative(self._act, first, h.view(grouped).expand_as(first),
+                                              g.view(grouped).expand_as(first))
+                else:
+                    delta = self._propagate(i, w, _times_derivative(self._act, delta, h.view(grouped), g.view(grouped)))
+            h = F.conv2d(g, w, getattr(self, f"bias_{i}"), padding=w.shape[-1] // 2)
+        return h, (None if delta is None else delta.reshape(x.shape))
+
+
+# ----------------------------------------------------------------------------- models
+
+_MODEL_KEYS = {"n_scales", "logit", "alpha", "actnorm", "n_hidden", "kernels"}
+_BLOCK_KEYS = {"activation", "inverse", "pi_rtol", "pi_max_iter", "krylov_steps", "inverse_rtol", "inverse_max_iter"}
+
+
+def make_model(
+    arch: str, event_shape: tuple[int, ...], *, n_blocks: int = 4, hidden_factor: int = 4, sigma: float = 0.97,
+    norm: str = "full", **kw: Any,
+) -> Flow:
+    """A QuAR flow with the architecture of the residual-flows model
+    (:func:`flowspec.accelerated.residual.make_model`; QuAR App. A), as a ``sequential`` flow.
+
+    ``arch="conv"`` (event ``(C, H, W)``): LogitTransform(α) → n_blocks × QuARConv →
+    [Squeeze → n_blocks × QuARConv] × (n_scales − 1), ActNorm before and after every block; each
+    block is ``ELU → 3×3 → ELU → 1×1 → ELU → 3×3`` masked convolutions (``kernels``) with
+    ``hidden_factor·C`` hidden channels.
+    ``arch="mlp"`` (event ``(D,)``): n_blocks QuARMLP blocks (``n_hidden`` hidden layers of
+    ``hidden_factor·D`` units) between ActNorms, no logit by default.
+    ``norm``: ``"full"`` = option (a), ``"diagonal"`` = option (b) (the module docstring says what each
+    guarantees). Model options: ``n_scales`` (conv, default 2), ``logit`` (default: conv only),
+    ``alpha`` (0.05), ``actnorm`` (True), ``n_hidden`` (2), ``kernels`` (conv, (3, 1, 3)); any other
+    keyword is a block setting (``activation``, ``inverse``, ``pi_rtol``, ``pi_max_iter``,
+    ``krylov_steps``, ``inverse_rtol``, ``inverse_max_iter``). ActNorm initialises from the first
+    batch in training mode.
+    """
+    if arch not in ("mlp", "conv"):
+        raise ConfigError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+    shape = tuple(int(n) for n in event_shape)
+    if len(shape) != (3 if arch == "conv" else 1):
+        raise ConfigError(f"arch {arch!r} needs an event shape {'(C, H, W)' if arch == 'conv' else '(D,)'}, got {shape}")
+    unknown = sorted(set(kw) - _MODEL_KEYS - _BLOCK_KEYS)
+    if unknown:
+        raise ConfigError(f"make_model got unknown options {unknown}; it takes {sorted(_MODEL_KEYS | _BLOCK_KEYS)}")
+    model_kw = {k: kw.pop(k) for k in list(kw) if k in _MODEL_KEYS}
+    n_scales = model_kw.get("n_scales", 2 if arch == "conv" else 1)
+    if arch == "mlp" and n_scales != 1:
+        raise ConfigError("the MLP model has a single scale")
+    for name, value in (("n_blocks", n_blocks), ("hidden_factor", hidden_factor), ("n_scales", n_scales)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    factors = [hidden_factor] * (len(model_kw.get("kernels", CONV_KERNELS)) - 1 if arch == "conv"
+                                 else model_kw.get("n_hidden", 2))
+    block = {"sigma": sigma, "norm": norm, **kw}
+    actnorm = bool(model_kw.get("actnorm", True))
+    flows: list[Flow] = []
+    if model_kw.get("logit", arch == "conv"):
+        flows.append(Logit(list(shape), alpha=model_kw.get("alpha", 0.05)))
+    for scale in range(n_scales):
+        if scale:
+            if shape[1] % 2 or shape[2] % 2:
+                raise ConfigError(f"scale {scale} needs even height and width to squeeze, got {shape}")
+            flows.append(Squeeze(*shape))
+            shape = tuple(flows[-1].latent_shape)
+        if actnorm:
+            flows.append(ActNorm(list(shape)))
+        for _ in range(n_blocks):
+            if arch == "conv":
+                flows.append(QuARConv(shape, factors, model_kw.get("kernels", CONV_KERNELS), **block))
+            else:
+                flows.append(QuARMLP(shape[0], factors, **block))
+            if actnorm:
+                flows.append(ActNorm(list(shape)))
+    return Sequential(flows)
+
+
+@contextlib.contextmanager
+def _without_logdet(model: nn.Module) -> Iterator[None]:
+    blocks = [m for m in model.modules() if isinstance(m, _QuARBlock)]
+    for b in blocks:
+        b._plain = True
+    try:
+        yield
+    finally:
+        for b in blocks:
+            b._plain = False
+
+
+def plain_forward(model: Flow, x: Tensor) -> Tensor:
+    """``z`` of ``model`` with every QuAR block running the same masked network without diagonal
+    propagation (its log-det reported as 0 inside this call); other flows run as usual."""
+    with _without_logdet(model):
+        return model(x)[0]
