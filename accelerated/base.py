@@ -224,6 +224,12 @@ class Flow(nn.Module):
             raise NumericalError(f"{what} of kind {self.kind!r} produced non-finite values: {_describe_bad(t)}")
 
 
+def softplus(a: Tensor) -> Tensor:
+    """log(1 + exp(a)) without a cut-off (``torch.nn.functional.softplus`` returns a above 20, which
+    differs from the reference's exact value by more than a float64 tolerance)."""
+    return torch.logaddexp(a, torch.zeros_like(a))
+
+
 def batch_sum(t: Tensor) -> Tensor:
     """Sum over all but the batch dimension."""
     return t.reshape(t.shape[0], -1).sum(dim=1)

@@ -65,6 +65,7 @@ from torch import Tensor, nn
 
 from flowspec.errors import ConfigError
 
+from .base import softplus
 from .power_iteration import PowerIterationReport, check_tolerances, lanczos, power_iteration
 
 LIPSWISH_DIVISOR = 1.1
@@ -112,14 +113,14 @@ class LipSwish(Activation):
         return lipswish(x, *tensors)
 
     def derivative(self, x: Tensor) -> Tensor:
-        u = F.softplus(self.beta) * x
+        u = softplus(self.beta) * x
         s = torch.sigmoid(u)
         return (s + u * s * (1.0 - s)) / LIPSWISH_DIVISOR
 
 
 def lipswish(x: Tensor, beta_raw: Tensor) -> Tensor:
     """LipSwish with a given pre-softplus β (functional form of :class:`LipSwish`)."""
-    return x * torch.sigmoid(F.softplus(beta_raw) * x) / LIPSWISH_DIVISOR
+    return x * torch.sigmoid(softplus(beta_raw) * x) / LIPSWISH_DIVISOR
 
 
 class ELU(Activation):
@@ -136,7 +137,7 @@ class Softplus(Activation):
     name = "softplus"
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.softplus(x)
+        return softplus(x)
 
     def derivative(self, x: Tensor) -> Tensor:
         return torch.sigmoid(x)

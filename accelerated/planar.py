@@ -28,18 +28,13 @@ from torch import Tensor, nn
 from flowspec import registry
 from flowspec.errors import ConvergenceError, NumericalError
 
-from .base import Flow, register
+from .base import Flow, register, softplus
 
 
 def vector_size(kind: str, shape: Any) -> int:
     """D from a ``shape`` [D], validated by the kind's registered config check."""
     registry.get(kind).validate_config({"shape": list(shape) if isinstance(shape, (list, tuple)) else shape})
     return int(shape[0])
-
-
-def softplus(a: Tensor) -> Tensor:
-    """log(1 + exp(a)) without a cut-off (``torch.nn.functional.softplus`` switches to a above 20)."""
-    return torch.logaddexp(a, torch.zeros_like(a))
 
 
 @register("planar")

@@ -96,13 +96,10 @@ from torch import Tensor, nn
 from flowspec.errors import ConfigError, ConvergenceError
 from flowspec.spec import FlowSpec
 
-from .actnorm import ActNorm
-from .base import Flow, batch_sum, register
-from .elementwise import Logit
+from .base import Flow, batch_sum, register, softplus
 from .lipschitz import ELU, Activation, Identity, make_activation
 from .power_iteration import PowerIterationReport, lanczos, power_iteration
-from .sequential import Sequential
-from .squeeze import Squeeze
+from .sequential import residual_stack
 
 NORMS = ("full", "diagonal")
 INVERSES = ("fixed_point", "coordinatewise")
@@ -316,7 +313,7 @@ class _QuARBlock(Flow):
 
     def theta(self) -> Tensor:
         """``θ = softplus(ρ) = log(1 + e^ρ) ≥ 0`` per group (Sec. 4.2), without a linear cut-off."""
-        return torch.logaddexp(self.rho, torch.zeros_like(self.rho))
+        return softplus(self.rho)
 
     def _scale(self, weights: list[Tensor]) -> Tensor:
         """``σ / (θ + Π_i σ̂_i)``, the Lipschitz trick's factor per group (Sec. 4.2)."""
@@ -682,44 +679,22 @@ def make_model(
     ``krylov_steps``, ``inverse_rtol``, ``inverse_max_iter``). ActNorm initialises from the first
     batch in training mode.
     """
-    if arch not in ("mlp", "conv"):
-        raise ConfigError(f"arch must be 'mlp' or 'conv', got {arch!r}")
-    shape = tuple(int(n) for n in event_shape)
-    if len(shape) != (3 if arch == "conv" else 1):
-        raise ConfigError(f"arch {arch!r} needs an event shape {'(C, H, W)' if arch == 'conv' else '(D,)'}, got {shape}")
     unknown = sorted(set(kw) - _MODEL_KEYS - _BLOCK_KEYS)
     if unknown:
         raise ConfigError(f"make_model got unknown options {unknown}; it takes {sorted(_MODEL_KEYS | _BLOCK_KEYS)}")
+    if isinstance(hidden_factor, bool) or not isinstance(hidden_factor, int) or hidden_factor < 1:
+        raise ConfigError(f"hidden_factor must be a positive int, got {hidden_factor!r}")
     model_kw = {k: kw.pop(k) for k in list(kw) if k in _MODEL_KEYS}
-    n_scales = model_kw.get("n_scales", 2 if arch == "conv" else 1)
-    if arch == "mlp" and n_scales != 1:
-        raise ConfigError("the MLP model has a single scale")
-    for name, value in (("n_blocks", n_blocks), ("hidden_factor", hidden_factor), ("n_scales", n_scales)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    factors = [hidden_factor] * (len(model_kw.get("kernels", CONV_KERNELS)) - 1 if arch == "conv"
-                                 else model_kw.get("n_hidden", 2))
-    block = {"sigma": sigma, "norm": norm, **kw}
-    actnorm = bool(model_kw.get("actnorm", True))
-    flows: list[Flow] = []
-    if model_kw.get("logit", arch == "conv"):
-        flows.append(Logit(list(shape), alpha=model_kw.get("alpha", 0.05)))
-    for scale in range(n_scales):
-        if scale:
-            if shape[1] % 2 or shape[2] % 2:
-                raise ConfigError(f"scale {scale} needs even height and width to squeeze, got {shape}")
-            flows.append(Squeeze(*shape))
-            shape = tuple(flows[-1].latent_shape)
-        if actnorm:
-            flows.append(ActNorm(list(shape)))
-        for _ in range(n_blocks):
-            if arch == "conv":
-                flows.append(QuARConv(shape, factors, model_kw.get("kernels", CONV_KERNELS), **block))
-            else:
-                flows.append(QuARMLP(shape[0], factors, **block))
-            if actnorm:
-                flows.append(ActNorm(list(shape)))
-    return Sequential(flows)
+    kernels = model_kw.pop("kernels", CONV_KERNELS)
+    factors = [hidden_factor] * (len(kernels) - 1 if arch == "conv" else model_kw.pop("n_hidden", 2))
+    block_kw = {"sigma": sigma, "norm": norm, **kw}
+
+    def block(shape: tuple[int, ...]) -> Flow:
+        if arch == "conv":
+            return QuARConv(shape, factors, kernels, **block_kw)
+        return QuARMLP(shape[0], factors, **block_kw)
+
+    return residual_stack(arch, event_shape, block, n_blocks=n_blocks, **model_kw)
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Flow, register
-from .planar import softplus, vector_size
+from .base import Flow, register, softplus
+from .planar import vector_size
 
 
 @register("radial")

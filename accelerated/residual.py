@@ -693,37 +693,15 @@ def make_model(arch: str, event_shape: tuple[int, ...], *, n_blocks: int = 4, hi
     ``logit`` (default: conv only), ``alpha`` (0.05), ``actnorm`` (True), ``n_hidden`` (2); any other
     keyword is a residual block setting (``activation``, ``logdet``, ``n_exact_terms``, ``rtol``, …).
     """
-    from .actnorm import ActNorm
-    from .elementwise import Logit
-    from .sequential import Sequential
-    from .squeeze import Squeeze
+    from .sequential import residual_stack
 
-    if arch not in ("mlp", "conv"):
-        raise ConfigError(f"arch must be 'mlp' or 'conv', got {arch!r}")
-    shape = tuple(int(n) for n in event_shape)
-    if (arch == "conv") != (len(shape) == 3) or (arch == "mlp" and len(shape) != 1):
-        raise ConfigError(f"arch {arch!r} needs an event shape {'(C, H, W)' if arch == 'conv' else '(D,)'}, got {shape}")
     model_kw = {k: kw.pop(k) for k in list(kw) if k in _MODEL_KEYS}
-    n_scales = int(model_kw.get("n_scales", 2 if arch == "conv" else 1))
-    if arch == "mlp" and n_scales != 1:
-        raise ConfigError("the MLP model has a single scale")
-    if n_blocks < 1 or hidden_factor < 1 or n_scales < 1:
-        raise ConfigError(f"n_blocks, hidden_factor and n_scales must be ≥ 1, got {n_blocks}, {hidden_factor}, {n_scales}")
-    n_hidden = int(model_kw.get("n_hidden", 2))
-    actnorm = bool(model_kw.get("actnorm", True))
-    flows: list[Flow] = []
-    if model_kw.get("logit", arch == "conv"):
-        flows.append(Logit(list(shape), alpha=model_kw.get("alpha", 0.05)))
-    for scale in range(n_scales):
-        if scale:
-            flows.append(Squeeze(*shape))
-            shape = tuple(flows[-1].latent_shape)
-        block_cls = ResidualConv if arch == "conv" else ResidualMLP
-        hidden = [hidden_factor * shape[0]] * n_hidden
-        if actnorm:
-            flows.append(ActNorm(list(shape)))
-        for _ in range(n_blocks):
-            flows.append(block_cls(list(shape), hidden, coeff=coeff, **kw))
-            if actnorm:
-                flows.append(ActNorm(list(shape)))
-    return Sequential(flows)
+    n_hidden = int(model_kw.pop("n_hidden", 2))
+    if isinstance(hidden_factor, bool) or not isinstance(hidden_factor, int) or hidden_factor < 1:
+        raise ConfigError(f"hidden_factor must be a positive int, got {hidden_factor!r}")
+    block_cls = ResidualConv if arch == "conv" else ResidualMLP
+
+    def block(shape: tuple[int, ...]) -> Flow:
+        return block_cls(list(shape), [hidden_factor * shape[0]] * n_hidden, coeff=coeff, **kw)
+
+    return residual_stack(arch, event_shape, block, n_blocks=n_blocks, **model_kw)

@@ -1,7 +1,7 @@
 """Sequential composition: z = f_n ∘ … ∘ f_1 (x), log-determinants summed."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -74,3 +74,54 @@ class Sequential(Flow):
     def from_spec(cls, spec: FlowSpec) -> "Sequential":
         children = [spec.params[str(i)] for i in range(len(spec.params))]
         return cls([from_spec(c) for c in children])
+
+
+def residual_stack(
+    arch: str,
+    event_shape: Sequence[int],
+    block: Callable[[tuple[int, ...]], Flow],
+    *,
+    n_blocks: int,
+    n_scales: int | None = None,
+    logit: bool | None = None,
+    alpha: float = 0.05,
+    actnorm: bool = True,
+) -> Sequential:
+    """The multi-scale stack of Residual Flows App. E, shared by the residual and QuAR models.
+
+    ``[Logit(α)] → (per scale: [Squeeze →] ActNorm → (block → ActNorm) × n_blocks)``, where
+    ``block(shape)`` builds one block for the current event shape. ``arch`` is ``"mlp"`` (event
+    ``(D,)``, one scale, no logit by default) or ``"conv"`` (event ``(C, H, W)``, two scales and a logit
+    by default). ActNorm initialises from the first batch in training mode.
+    """
+    from .actnorm import ActNorm
+    from .elementwise import Logit
+    from .squeeze import Squeeze
+
+    if arch not in ("mlp", "conv"):
+        raise ConfigError(f"arch must be 'mlp' or 'conv', got {arch!r}")
+    shape = tuple(int(n) for n in event_shape)
+    if len(shape) != (3 if arch == "conv" else 1):
+        raise ConfigError(f"arch {arch!r} needs an event shape {'(C, H, W)' if arch == 'conv' else '(D,)'}, got {shape}")
+    n_scales = (2 if arch == "conv" else 1) if n_scales is None else n_scales
+    if arch == "mlp" and n_scales != 1:
+        raise ConfigError("the MLP model has a single scale")
+    for name, value in (("n_blocks", n_blocks), ("n_scales", n_scales)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    flows: list[Flow] = []
+    if arch == "conv" if logit is None else logit:
+        flows.append(Logit(list(shape), alpha=alpha))
+    for scale in range(n_scales):
+        if scale:
+            if shape[1] % 2 or shape[2] % 2:
+                raise ConfigError(f"scale {scale} needs even height and width to squeeze, got {shape}")
+            flows.append(Squeeze(*shape))
+            shape = tuple(flows[-1].latent_shape)
+        if actnorm:
+            flows.append(ActNorm(list(shape)))
+        for _ in range(n_blocks):
+            flows.append(block(shape))
+            if actnorm:
+                flows.append(ActNorm(list(shape)))
+    return Sequential(flows)

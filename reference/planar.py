@@ -31,6 +31,7 @@ from flowspec.registry import Kind, register
 from flowspec.spec import FlowSpec
 
 from .elementwise import shape_of
+from .lipschitz import softplus
 from .solve import bisect_increasing
 
 FAMILY = "planar"
@@ -44,11 +45,6 @@ def vector_shape(config: Mapping[str, Any]) -> tuple[int]:
     if not isinstance(config.get("shape"), (list, tuple)) or len(config["shape"]) != 1:
         raise ConfigError(f"config['shape'] must be a vector shape [D], got {config.get('shape')!r}")
     return shape_of(config)
-
-
-def softplus(a: Any) -> Any:
-    """log(1 + exp(a)), finite for every a."""
-    return anp.logaddexp(0.0, a)
 
 
 def u_hat(u: Any, w: Any) -> Any:

@@ -25,7 +25,8 @@ import numpy as np
 from flowspec.registry import Kind, register
 from flowspec.spec import FlowSpec
 
-from .planar import softplus, vector_shape
+from .lipschitz import softplus
+from .planar import vector_shape
 
 FAMILY = "radial"
 
