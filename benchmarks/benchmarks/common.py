@@ -1,0 +1,57 @@
+"""What the benchmark modules share: one thread, skippable slow cases, and modules a commit may lack.
+
+* One thread (``OMP_NUM_THREADS=1`` before torch is imported, ``torch.set_num_threads(1)`` in every
+  setup) so that a 2-core machine gives stable figures.
+* ``FLOWSPEC_BENCH_SKIP_SLOW=1`` skips the cases marked slow (asv reports them as skipped, ``n/a``).
+* A benchmark whose flow family is missing from the commit under test (``asv continuous`` against
+  an older commit) is skipped, unless ``FLOWSPEC_BENCH_STRICT=1``, which the smoke check sets so
+  that a missing family at HEAD is an error.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import importlib  # noqa: E402  (after the thread setting, before torch)
+from types import ModuleType  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def skip_if_slow(slow: bool) -> None:
+    """Skip (asv: ``NotImplementedError`` in setup) when ``slow`` and slow cases are switched off."""
+    if slow and _flag("FLOWSPEC_BENCH_SKIP_SLOW"):
+        raise NotImplementedError("slow case skipped (FLOWSPEC_BENCH_SKIP_SLOW is set)")
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module``; skip the benchmark if this commit lacks it (an error in strict mode)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if _flag("FLOWSPEC_BENCH_STRICT") or not module.startswith(exc.name or "\0"):
+            raise
+        raise NotImplementedError(f"{module} does not exist in this commit") from exc
+
+
+def require_kind(kind: str, *, layer: str = "accelerated") -> None:
+    """Skip the benchmark if this commit lacks ``kind`` in ``layer`` (an error in strict mode)."""
+    if layer == "accelerated":
+        from flowspec.accelerated import MODULES as known
+    else:
+        from flowspec import registry
+
+        known = registry.names()
+    if kind not in known:
+        if _flag("FLOWSPEC_BENCH_STRICT"):
+            raise LookupError(f"flowspec {layer} has no kind {kind!r}")
+        raise NotImplementedError(f"kind {kind!r} is not in this commit's {layer} layer")
