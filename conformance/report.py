@@ -16,19 +16,31 @@ def _cell(result: Result) -> str:
     return f"{SYMBOL[result.status]} {result.max_error:.0e}"
 
 
-def table(results: Iterable[Result]) -> str:
-    """One row per (kind, dtype, device), one column per property; each cell: status and largest error."""
-    results = list(results)
-    props = list(dict.fromkeys(r.property for r in results))
+def _grid(results: list[Result], props: list[str]) -> str:
     rows: dict[tuple[str, str, str], dict[str, Result]] = {}
     for r in results:
-        rows.setdefault((r.kind, r.dtype, r.device), {})[r.property] = r
+        if r.property in props:
+            rows.setdefault((r.kind, r.dtype, r.device), {})[r.property] = r
     header = ["kind", "dtype", "device"] + props
     lines = [[*key, *(_cell(cells[p]) if p in cells else "-" for p in props)] for key, cells in rows.items()]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
-    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
-    return "\n".join(out)
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+
+
+def table(results: Iterable[Result]) -> str:
+    """Kind × property tables: one for the properties every kind has, then one per group of
+    kind-specific properties (those that apply to the same kinds), restricted to those kinds.
+    Each row is a (kind, dtype, device); each cell the status and the largest error."""
+    results = list(results)
+    kinds_of: dict[str, frozenset[str]] = {}
+    for r in results:
+        kinds_of[r.property] = kinds_of.get(r.property, frozenset()) | {r.kind}
+    groups: dict[frozenset[str], list[str]] = {}
+    for prop, kinds in kinds_of.items():
+        groups.setdefault(kinds, []).append(prop)
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[0]), sorted(item[0])))
+    return "\n\n".join(_grid([r for r in results if r.kind in kinds], props) for kinds, props in ordered)
 
 
 def summary(results: Iterable[Result]) -> str:
