@@ -72,3 +72,15 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     if actual.size == 0:
         return 0.0
     return float(np.max(np.abs(actual - expected)) / max(1.0, float(np.max(np.abs(expected)))))
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, quantity: str, dtype: str, size: int, what: str = "") -> float:
+    """Assert ``relative_error(actual, expected) ≤ tolerance(quantity, dtype, size)``; return the error.
+
+    For tests and users' own checks, so that every comparison draws on this one table.
+    """
+    err, tol = relative_error(actual, expected), tolerance(quantity, dtype, size)
+    if not err <= tol:
+        raise AssertionError(f"{what or quantity}: relative error {err:.3e} > tolerance {tol:.1e} "
+                             f"({quantity}, {dtype}, size {size})")
+    return err
