@@ -9,6 +9,7 @@ from flowspec import reference
 from flowspec.accelerated import from_spec
 from flowspec.accelerated.actnorm import ActNorm
 from flowspec.conformance.seeding import rng
+from flowspec.conformance.tolerances import assert_close
 from flowspec.errors import ConfigError, FlowInputError
 from flowspec.reference.actnorm import actnorm_init
 from flowspec.spec import FlowSpec
@@ -16,6 +17,12 @@ from flowspec.spec import FlowSpec
 IMAGE = [3, 2, 4]
 VECTOR = [5]
 NUMPY_DTYPE = {torch.float64: np.float64, torch.float32: np.float32}
+DTYPE_NAME = {torch.float64: "float64", torch.float32: "float32"}
+
+
+def _per_channel(x: np.ndarray, shape: list[int]) -> int:
+    """How many values each channel's statistics reduce over (batch × positions): the size errors accumulate over."""
+    return x.size // shape[0]
 
 
 def _batch(shape: list[int], n: int, key: str) -> np.ndarray:
@@ -37,13 +44,15 @@ def test_first_training_forward_initialises_like_the_reference(shape: list[int])
     z, logdet = flow(torch.as_tensor(x))
     expected = actnorm_init(x, {"shape": shape})
     got = _params(flow)
+    n = _per_channel(x, shape)
     for name in ("bias", "log_scale", "initialized"):
-        np.testing.assert_allclose(got[name], expected[name], rtol=1e-13, atol=1e-13)
+        assert_close(got[name], expected[name], "forward", "float64", n, what=name)
     values = np.moveaxis(z.detach().numpy(), 1, 0).reshape(shape[0], -1)
-    np.testing.assert_allclose(values.mean(axis=1), 0.0, atol=1e-13)
-    np.testing.assert_allclose(values.var(axis=1), 1.0, rtol=1e-13)
+    assert_close(values.mean(axis=1), np.zeros(shape[0]), "forward", "float64", n, what="channel means")
+    assert_close(values.var(axis=1), np.ones(shape[0]), "forward", "float64", n, what="channel variances")
     positions = int(np.prod(shape[1:]))
-    np.testing.assert_allclose(logdet.detach().numpy(), positions * expected["log_scale"].sum(), rtol=1e-13)
+    assert_close(logdet.detach().numpy(), np.full(logdet.shape, positions * expected["log_scale"].sum()),
+                 "logdet", "float64", int(np.prod(shape)))
 
 
 def test_no_reinitialisation_after_the_first_batch() -> None:
@@ -77,7 +86,7 @@ def test_batch_of_one_image_is_normalised_over_its_positions() -> None:
     flow.initialize(torch.as_tensor(x))  # no warning: 8 positions per channel
     z, _ = flow(torch.as_tensor(x))
     values = np.moveaxis(z.detach().numpy(), 1, 0).reshape(IMAGE[0], -1)
-    np.testing.assert_allclose(values.var(axis=1), 1.0, rtol=1e-13)
+    assert_close(values.var(axis=1), np.ones(IMAGE[0]), "forward", "float64", _per_channel(x, IMAGE))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -92,9 +101,10 @@ def test_constant_channel_is_centred_and_keeps_scale_one(dtype: torch.dtype) -> 
     assert np.all(np.isfinite(got["log_scale"])) and torch.isfinite(logdet).all()
     np.testing.assert_array_equal(z[:, 1].detach().numpy(), 0.0)
     expected = actnorm_init(x.astype(NUMPY_DTYPE[dtype]).astype(np.float64), {"shape": IMAGE})
-    np.testing.assert_allclose(got["log_scale"], expected["log_scale"], rtol=1e-6 if dtype == torch.float32 else 1e-13)
+    n = _per_channel(x, IMAGE)
+    assert_close(got["log_scale"], expected["log_scale"], "forward", DTYPE_NAME[dtype], n)
     values = np.moveaxis(z.detach().double().numpy(), 1, 0).reshape(IMAGE[0], -1)
-    np.testing.assert_allclose(values[[0, 2]].var(axis=1), 1.0, rtol=1e-5 if dtype == torch.float32 else 1e-13)
+    assert_close(values[[0, 2]].var(axis=1), np.ones(2), "forward", DTYPE_NAME[dtype], n)
 
 
 def test_spread_below_the_smallest_normal_gives_a_finite_log_scale() -> None:
@@ -103,9 +113,10 @@ def test_spread_below_the_smallest_normal_gives_a_finite_log_scale() -> None:
     flow = ActNorm([1]).double()
     z, logdet = flow(torch.as_tensor(x))
     got = _params(flow)
-    assert got["log_scale"][0] == pytest.approx(-np.log(tiny), rel=1e-15)
+    assert_close(got["log_scale"][0], -np.log(tiny), "forward", "float64", _per_channel(x, [1]))
     assert torch.isfinite(z).all() and torch.isfinite(logdet).all()
-    np.testing.assert_allclose(actnorm_init(x, {"shape": [1]})["log_scale"], got["log_scale"], rtol=1e-15)
+    assert_close(actnorm_init(x, {"shape": [1]})["log_scale"], got["log_scale"], "forward", "float64",
+                 _per_channel(x, [1]))
 
 
 def test_evaluation_before_initialisation_raises() -> None:
@@ -126,7 +137,7 @@ def test_loaded_spec_never_reinitialises() -> None:
     assert flow.training
     x = _batch(IMAGE, 4, "loaded")
     z, _ = flow(torch.as_tensor(x))
-    np.testing.assert_allclose(z.detach().numpy(), reference.forward(spec, x), rtol=1e-14)
+    assert_close(z.detach().numpy(), reference.forward(spec, x), "forward", "float64", int(np.prod(IMAGE)))
     round_trip = flow.to_spec()
     assert float(round_trip.params["initialized"]) == 1.0
     np.testing.assert_array_equal(round_trip.params["bias"], spec.params["bias"])
@@ -148,7 +159,8 @@ def test_uninitialised_spec_and_state_dict_initialise_on_the_next_training_forwa
     flow = from_spec(spec)
     x = _batch(VECTOR, 4, "uninit-x")
     flow(torch.as_tensor(x))
-    np.testing.assert_allclose(_params(flow)["bias"], actnorm_init(x, {"shape": VECTOR})["bias"], rtol=1e-13)
+    assert_close(_params(flow)["bias"], actnorm_init(x, {"shape": VECTOR})["bias"], "forward", "float64",
+                 _per_channel(x, VECTOR))
     flow.load_state_dict(ActNorm(VECTOR).double().state_dict())  # back to the fresh, uninitialised state
     assert not flow.is_initialized()
 

@@ -8,6 +8,7 @@ from autograd import grad
 from scipy.signal import correlate
 
 from flowspec.conformance.seeding import rng
+from flowspec.conformance.tolerances import assert_close
 from flowspec.errors import ConfigError, FlowInputError
 from flowspec.reference.conv import conv2d, same_padding
 
@@ -16,6 +17,11 @@ def _draw(key: str, c_out: int, c_in: int, kernel: tuple[int, int], image: tuple
     gen = rng("conv-test", key)
     return (gen.standard_normal((c_in, *image)), gen.standard_normal((c_out, c_in, *kernel)),
             gen.standard_normal(c_out))
+
+
+def _terms(weight: np.ndarray) -> int:
+    """How many products each output sums (c_in · kernel area): the size rounding errors accumulate over."""
+    return int(weight[0].size)
 
 
 def _scipy(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, mode: str) -> np.ndarray:
@@ -31,21 +37,21 @@ def test_same_padding_matches_scipy(kernel, image) -> None:
     x, weight, bias = _draw(f"same-{kernel}-{image}", 3, 2, kernel, image)
     out = conv2d(x, weight, bias)
     assert out.shape == (3, *image)
-    np.testing.assert_allclose(out, _scipy(x, weight, bias, "same"), rtol=1e-13, atol=1e-13)
+    assert_close(out, _scipy(x, weight, bias, "same"), "forward", "float64", _terms(weight))
 
 
 def test_no_padding_matches_scipy_valid() -> None:
     x, weight, bias = _draw("valid", 2, 3, (3, 3), (5, 4))
     out = conv2d(x, weight, bias, padding=(0, 0))
     assert out.shape == (2, 3, 2)
-    np.testing.assert_allclose(out, _scipy(x, weight, bias, "valid"), rtol=1e-13, atol=1e-13)
+    assert_close(out, _scipy(x, weight, bias, "valid"), "forward", "float64", _terms(weight))
 
 
 def test_matches_torch_conv2d_with_leading_axes() -> None:
     gen = rng("conv-test", "torch")
     x, weight, bias = gen.standard_normal((2, 3, 4, 5)), gen.standard_normal((4, 3, 3, 3)), gen.standard_normal(4)
     expected = torch.nn.functional.conv2d(torch.as_tensor(x), torch.as_tensor(weight), torch.as_tensor(bias), padding=1)
-    np.testing.assert_allclose(conv2d(x, weight, bias), expected.numpy(), rtol=1e-13, atol=1e-13)
+    assert_close(conv2d(x, weight, bias), expected.numpy(), "forward", "float64", _terms(weight))
 
 
 def test_gradients_are_the_adjoint() -> None:
@@ -55,8 +61,8 @@ def test_gradients_are_the_adjoint() -> None:
     g, v_x, v_w = gen.standard_normal((2, 4, 3)), gen.standard_normal(x.shape), gen.standard_normal(weight.shape)
     grad_x = grad(lambda a: np.sum(g * conv2d(a, weight)))(x)
     grad_w = grad(lambda w: np.sum(g * conv2d(x, w)))(weight)
-    np.testing.assert_allclose(np.sum(grad_x * v_x), np.sum(g * conv2d(v_x, weight)), rtol=1e-12)
-    np.testing.assert_allclose(np.sum(grad_w * v_w), np.sum(g * conv2d(x, v_w)), rtol=1e-12)
+    assert_close(np.sum(grad_x * v_x), np.sum(g * conv2d(v_x, weight)), "grad", "float64", x.size)
+    assert_close(np.sum(grad_w * v_w), np.sum(g * conv2d(x, v_w)), "grad", "float64", weight.size)
 
 
 def test_zero_padding_reads_no_wrapped_values() -> None:
