@@ -79,8 +79,11 @@ class Adapter(ABC):
         """Run an optional hook named in ``Capabilities.hooks``."""
         raise NotSupported(f"{self.name} has no hook {hook!r}")
 
-    def checking(self):
-        """A context manager entered while the suite checks (deterministic kernels, no TF32, ...)."""
+    def checking(self, seed: int | None = None):
+        """A context manager entered while the suite checks one property (deterministic kernels, no
+        TF32, ...); ``seed`` (from :mod:`.seeding`) seeds the implementation's own random number
+        generator where the adapter can reach it, so that draws the suite does not pass explicitly
+        (black-box stochastic log-dets) are reproducible too."""
         import contextlib
 
         return contextlib.nullcontext()

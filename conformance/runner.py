@@ -12,6 +12,7 @@ from flowspec import registry
 from . import profiles, strategies
 from .adapter import Adapter, NotSupported
 from .property import PROPERTIES, CheckContext, Inconclusive, Property, PropertyFailure
+from .seeding import seed_for
 
 STATUSES = ("passed", "failed", "inconclusive", "not_supported", "skipped")
 
@@ -77,7 +78,7 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
 
     start = time.perf_counter()
     try:
-        with adapter.checking():
+        with adapter.checking(seed_for(kind, prop.name, dtype, device)):
             body()
     except NotSupported as exc:
         result.status, result.message = "not_supported", str(exc)

@@ -22,9 +22,10 @@ from .adapter import Adapter, Array, Capabilities, NotSupported
 
 
 @contextlib.contextmanager
-def deterministic_torch() -> Iterator[None]:
-    """Deterministic cuDNN convolutions, no TF32, and one CPU thread for the duration; the previous
-    state is restored.
+def deterministic_torch(seed: int | None = None) -> Iterator[None]:
+    """Deterministic cuDNN convolutions, no TF32, one CPU thread and, with ``seed``, torch's global
+    random number generators seeded, for the duration; the previous state (random state included)
+    is restored.
 
     The suite's problems are tiny (D ≤ ~50): intra-op threading only adds synchronisation there
     (on a loaded 2-core machine a small float64 convolution ran about 100× slower with two threads).
@@ -42,7 +43,10 @@ def deterministic_torch() -> Iterator[None]:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_num_threads(1)
     try:
-        yield
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
     finally:
         (
             torch.backends.cudnn.deterministic,
@@ -192,5 +196,5 @@ class TorchFlowAdapter(Adapter):
             return {k: self._arrays(v) for k, v in result.items()}
         return result
 
-    def checking(self):
-        return deterministic_torch()
+    def checking(self, seed: int | None = None):
+        return deterministic_torch(seed)
