@@ -70,9 +70,16 @@ def flat_forward_one(spec: FlowSpec, context: Any = None) -> Callable[[Any], Any
     return lambda x_flat: anp.reshape(forward_one(spec, anp.reshape(x_flat, shape), context), (-1,))
 
 
+def map_jacobian(fn: Callable[[Any], Any], x: Any) -> Any:
+    """Autograd Jacobian of a single-sample map ``fn`` at ``x``, flattened to ``(D_out, D)``
+    (row: output, column: input, C-order); shared by every reference Jacobian."""
+    shape = anp.shape(x)
+    return ag_jacobian(lambda xf: anp.reshape(fn(anp.reshape(xf, shape)), (-1,)))(anp.reshape(x, (-1,)))
+
+
 def jacobian_one(spec: FlowSpec, x: Array, context: Any = None) -> Any:
     """Full Jacobian ``∂z/∂x`` of one sample, flattened to ``(D, D)`` (row: output, column: input)."""
-    return ag_jacobian(flat_forward_one(spec, context))(anp.reshape(x, (-1,)))
+    return map_jacobian(lambda xs: forward_one(spec, xs, context), x)
 
 
 def log_abs_det_one(spec: FlowSpec, x: Any, context: Any = None) -> Any:

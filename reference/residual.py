@@ -61,7 +61,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import grad, jacobian as ag_jacobian
+from autograd import grad
 from scipy import stats
 
 from flowspec.errors import ConfigError
@@ -69,7 +69,7 @@ from flowspec.registry import Kind, register
 from flowspec.spec import FlowSpec
 
 from .conv import conv2d
-from .core import check_input, vjp
+from .core import check_input, map_jacobian, vjp
 from .lipschitz import ACTIVATIONS, activation, constraint_norm, has_beta, jacobian_norm
 
 FAMILY = "residual"
@@ -271,8 +271,7 @@ def residual_forward(spec: FlowSpec, x: Any, context: Any = None) -> Any:
 
 def g_jacobian(spec: FlowSpec, x: Any) -> Any:
     """J_g(x), flattened to (D, D) (row: output, column: input), by autograd."""
-    shape = anp.shape(x)
-    return ag_jacobian(lambda xf: anp.reshape(g_one(spec, anp.reshape(xf, shape)), (-1,)))(anp.reshape(x, (-1,)))
+    return map_jacobian(lambda xs: g_one(spec, xs), x)
 
 
 def init_params(config: Mapping[str, Any], rng: np.random.Generator, conv: bool) -> dict[str, np.ndarray]:
