@@ -682,19 +682,19 @@ def make_model(
     unknown = sorted(set(kw) - _MODEL_KEYS - _BLOCK_KEYS)
     if unknown:
         raise ConfigError(f"make_model got unknown options {unknown}; it takes {sorted(_MODEL_KEYS | _BLOCK_KEYS)}")
-    if isinstance(hidden_factor, bool) or not isinstance(hidden_factor, int) or hidden_factor < 1:
-        raise ConfigError(f"hidden_factor must be a positive int, got {hidden_factor!r}")
     model_kw = {k: kw.pop(k) for k in list(kw) if k in _MODEL_KEYS}
     kernels = model_kw.pop("kernels", CONV_KERNELS)
-    factors = [hidden_factor] * (len(kernels) - 1 if arch == "conv" else model_kw.pop("n_hidden", 2))
+    mlp_hidden = model_kw.pop("n_hidden", 2)  # the conv block's depth comes from its kernels
+    n_hidden = len(kernels) - 1 if arch == "conv" else mlp_hidden
     block_kw = {"sigma": sigma, "norm": norm, **kw}
 
-    def block(shape: tuple[int, ...]) -> Flow:
+    def block(shape: tuple[int, ...], factor: int) -> Flow:
+        factors = [factor] * n_hidden
         if arch == "conv":
             return QuARConv(shape, factors, kernels, **block_kw)
         return QuARMLP(shape[0], factors, **block_kw)
 
-    return residual_stack(arch, event_shape, block, n_blocks=n_blocks, **model_kw)
+    return residual_stack(arch, event_shape, block, n_blocks=n_blocks, hidden_factor=hidden_factor, **model_kw)
 
 
 @contextlib.contextmanager

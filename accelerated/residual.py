@@ -697,11 +697,9 @@ def make_model(arch: str, event_shape: tuple[int, ...], *, n_blocks: int = 4, hi
 
     model_kw = {k: kw.pop(k) for k in list(kw) if k in _MODEL_KEYS}
     n_hidden = int(model_kw.pop("n_hidden", 2))
-    if isinstance(hidden_factor, bool) or not isinstance(hidden_factor, int) or hidden_factor < 1:
-        raise ConfigError(f"hidden_factor must be a positive int, got {hidden_factor!r}")
     block_cls = ResidualConv if arch == "conv" else ResidualMLP
 
-    def block(shape: tuple[int, ...]) -> Flow:
-        return block_cls(list(shape), [hidden_factor * shape[0]] * n_hidden, coeff=coeff, **kw)
+    def block(shape: tuple[int, ...], factor: int) -> Flow:
+        return block_cls(list(shape), [factor * shape[0]] * n_hidden, coeff=coeff, **kw)
 
-    return residual_stack(arch, event_shape, block, n_blocks=n_blocks, **model_kw)
+    return residual_stack(arch, event_shape, block, n_blocks=n_blocks, hidden_factor=hidden_factor, **model_kw)

@@ -79,9 +79,10 @@ class Sequential(Flow):
 def residual_stack(
     arch: str,
     event_shape: Sequence[int],
-    block: Callable[[tuple[int, ...]], Flow],
+    block: Callable[[tuple[int, ...], int], Flow],
     *,
     n_blocks: int,
+    hidden_factor: int,
     n_scales: int | None = None,
     logit: bool | None = None,
     alpha: float = 0.05,
@@ -90,7 +91,8 @@ def residual_stack(
     """The multi-scale stack of Residual Flows App. E, shared by the residual and QuAR models.
 
     ``[Logit(α)] → (per scale: [Squeeze →] ActNorm → (block → ActNorm) × n_blocks)``, where
-    ``block(shape)`` builds one block for the current event shape. ``arch`` is ``"mlp"`` (event
+    ``block(shape, hidden_factor)`` builds one block for the current event shape whose hidden layers
+    are ``hidden_factor`` times as wide as its input. ``arch`` is ``"mlp"`` (event
     ``(D,)``, one scale, no logit by default) or ``"conv"`` (event ``(C, H, W)``, two scales and a logit
     by default). ActNorm initialises from the first batch in training mode.
     """
@@ -106,7 +108,7 @@ def residual_stack(
     n_scales = (2 if arch == "conv" else 1) if n_scales is None else n_scales
     if arch == "mlp" and n_scales != 1:
         raise ConfigError("the MLP model has a single scale")
-    for name, value in (("n_blocks", n_blocks), ("n_scales", n_scales)):
+    for name, value in (("n_blocks", n_blocks), ("hidden_factor", hidden_factor), ("n_scales", n_scales)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive int, got {value!r}")
     flows: list[Flow] = []
@@ -121,7 +123,7 @@ def residual_stack(
         if actnorm:
             flows.append(ActNorm(list(shape)))
         for _ in range(n_blocks):
-            flows.append(block(shape))
+            flows.append(block(shape, hidden_factor))
             if actnorm:
                 flows.append(ActNorm(list(shape)))
     return Sequential(flows)
