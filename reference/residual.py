@@ -71,6 +71,7 @@ from flowspec.spec import FlowSpec
 from .conv import conv2d
 from .core import check_input, map_jacobian, vjp
 from .lipschitz import ACTIVATIONS, activation, constraint_norm, has_beta, jacobian_norm
+from .norms import spectral_norm
 
 FAMILY = "residual"
 KINDS = ("residual_mlp", "residual_conv")
@@ -623,7 +624,7 @@ def _power_bound(jac: np.ndarray, r: float, max_power: int) -> float | None:
     power, worst = np.eye(jac.shape[0]), 1.0
     for k in range(1, max_power + 1):
         power = power @ jac
-        norm = float(np.linalg.norm(power, 2))
+        norm = float(spectral_norm(power))
         if norm <= r ** k:
             return worst
         worst = max(worst, norm / r ** k)
