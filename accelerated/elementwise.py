@@ -77,6 +77,15 @@ class Logit(_Elementwise):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "alpha": self.alpha}
 
+    @property
+    def codomain(self) -> tuple[float | None, float | None]:  # type: ignore[override]
+        """(logit α, logit(1 − α)), the image of (0, 1) (the reals for α = 0): the inverse rejects
+        a z outside it, which has no preimage in the domain."""
+        if self.alpha == 0.0:
+            return (None, None)
+        bound = math.log1p(-self.alpha) - math.log(self.alpha)
+        return (-bound, bound)
+
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         y = self.alpha + (1.0 - 2.0 * self.alpha) * x
         log_y, log_1my = torch.log(y), torch.log1p(-y)

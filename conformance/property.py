@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from hypothesis import strategies as st
+from hypothesis import assume, strategies as st
 
+from flowspec import reference
 from flowspec.spec import FlowSpec
 
 from . import strategies
 from .adapter import Adapter, NotSupported
 from .seeding import seed_for
-from .tolerances import relative_error, tolerance
+from .tolerances import MAX_CONDITION, condition_number, relative_error, tolerance
 
 
 class PropertyFailure(AssertionError):
@@ -43,16 +44,23 @@ class CheckContext:
     device: str
     data: Any
     errors: list[tuple[float, float]] = field(default_factory=list)
+    drawn: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ drawing
     def draw(self, strategy: st.SearchStrategy, label: str | None = None) -> Any:
-        return self.data.draw(strategy, label=label)
+        value = self.data.draw(strategy, label=label)
+        self.drawn.append(f"{label or 'value'} = {_summary(value)}")
+        return value
 
     def draw_spec(self) -> FlowSpec:
         return self.draw(strategies.specs(self.kind), "spec")
 
-    def draw_input(self, spec: FlowSpec, magnitudes=strategies.MAGNITUDES, batch: int = strategies.BATCH, *, latent=False) -> np.ndarray:
-        return self.draw(strategies.inputs(spec, magnitudes, batch, latent=latent), "z" if latent else "x")
+    def draw_input(self, spec: FlowSpec, magnitudes: tuple[float, ...] | None = None, batch: int = strategies.BATCH,
+                   *, latent: bool = False, name: str = "magnitude") -> np.ndarray:
+        """A batch of inputs (``latent``: of latents) at one of ``magnitudes`` (default: the value
+        properties' :func:`~.strategies.value_magnitudes`), an axis called ``name``."""
+        magnitudes = strategies.value_magnitudes(spec.kind) if magnitudes is None else magnitudes
+        return self.draw(strategies.inputs(spec, magnitudes, batch, latent=latent, name=name), "z" if latent else "x")
 
     def draw_context(self, spec: FlowSpec, batch: int = strategies.BATCH) -> np.ndarray | None:
         return self.draw(strategies.contexts(spec, batch), "context")
@@ -70,24 +78,56 @@ class CheckContext:
         return self.adapter.instantiate(spec.kind, spec.config, seed_for(spec.to_json()), self.dtype, self.device)
 
     # ------------------------------------------------------------------ comparing
-    def tol(self, quantity: str, size: int) -> float:
-        return tolerance(quantity, self.dtype, size)
-
     def record(self, error: float, tol: float) -> float:
         self.errors.append((error, tol))
         return error
 
-    def assert_close(self, actual: Any, expected: Any, quantity: str, size: int, what: str) -> float:
-        """Compare by :func:`relative_error` against the table's tolerance; record the error."""
-        err, tol = relative_error(actual, expected), self.tol(quantity, size)
+    def tol(self, quantity: str, size: int, condition: float = 1.0) -> float:
+        return tolerance(quantity, self.dtype, size, condition)
+
+    def assert_close(self, actual: Any, expected: Any, quantity: str, size: int, what: str,
+                     condition: float = 1.0) -> float:
+        """Compare by :func:`relative_error` against the table's tolerance (for the rows that scale
+        with it, at the Jacobian's ``condition`` number); record the error."""
+        err, tol = relative_error(actual, expected), self.tol(quantity, size, condition)
         self.record(err, tol)
         if not err <= tol:
-            raise PropertyFailure(f"{what}: relative error {err:.3e} > tolerance {tol:.1e}", err, tol)
+            at = f" (condition number {condition:.2e})" if condition > 1.0 else ""
+            raise PropertyFailure(f"{what}: relative error {err:.3e} > tolerance {tol:.1e}{at}", err, tol)
         return err
+
+    def condition(self, spec: FlowSpec, x: np.ndarray, context: np.ndarray | None = None,
+                  jacobians: np.ndarray | None = None) -> float:
+        """The largest 2-norm condition number of the Jacobians over the batch ``x`` (the reference's,
+        unless given: black-box properties pass finite-difference ones). A point beyond the dtype's
+        :data:`~.tolerances.MAX_CONDITION` is rejected (hypothesis draws another): nothing there is
+        accurate enough to compare."""
+        kappa = condition_number(reference.jacobian(spec, x, context) if jacobians is None else jacobians)
+        assume(kappa <= MAX_CONDITION[self.dtype])
+        return kappa
+
+    def describe(self) -> str:
+        """The example's draws, one line each (attached to a failure's message)."""
+        return "; ".join(self.drawn)
 
     def require(self, condition: bool, message: str, error: float = float("inf")) -> None:
         if not condition:
             raise PropertyFailure(message, error)
+
+
+def _summary(value: Any) -> str:
+    """A short description of a drawn value (a spec by its kind and config, an array by shape and scale)."""
+    if isinstance(value, FlowSpec):
+        children = [value.params[k] for k in sorted(value.params, key=_order) if isinstance(value.params[k], FlowSpec)]
+        return f"{value.kind}[{', '.join(map(_summary, children))}]" if children else f"{value.kind}{value.config}"
+    if isinstance(value, np.ndarray):
+        return f"array{value.shape} max|·| {float(np.max(np.abs(value))) if value.size else 0.0:.3g}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _order(key: str) -> tuple[int, str]:
+    return (int(key), key) if key.isdigit() else (1 << 30, key)
 
 
 Check = Callable[[CheckContext], None]

@@ -5,6 +5,7 @@ import json
 from collections import Counter
 from typing import Iterable
 
+from .covering import DECLARED, Coverage
 from .runner import STATUSES, Result
 
 SYMBOL = {"passed": "ok", "failed": "FAIL", "inconclusive": "inconcl", "not_supported": "n/s", "skipped": "skip"}
@@ -58,7 +59,44 @@ def failures(results: Iterable[Result]) -> str:
     return "\n".join(lines)
 
 
+def coverage(results: Iterable[Result]) -> dict[str, Coverage]:
+    """Per kind, the axis values its runs exercised (merged over properties, dtypes and devices)."""
+    out: dict[str, Coverage] = {}
+    for r in results:
+        out.setdefault(r.kind, Coverage()).merge(r.coverage)
+    return out
+
+
+def missing_coverage(results: Iterable[Result]) -> dict[str, dict[str, list[str]]]:
+    """Per kind and axis, the values offered or declared (:func:`~.covering.declare_axes`) that no
+    run drew; an axis declared but never drawn lists all its values."""
+    out = {}
+    for kind, cov in coverage(results).items():
+        declared = DECLARED.get(kind, {})
+        for name, values in declared.items():
+            cov._offer(name, values)
+        gaps = cov.missing()
+        if gaps:
+            out[kind] = gaps
+    return out
+
+
+def coverage_summary(results: Iterable[Result]) -> str:
+    """One line (plus the gaps, if any): how many axis values the run exercised."""
+    results = list(results)
+    per_kind = coverage(results)
+    offered = sum(len(o) for cov in per_kind.values() for o, _ in cov.axes.values())
+    seen = sum(len(set(o) & s) for cov in per_kind.values() for o, s in cov.axes.values())
+    axes = sum(len(cov.axes) for cov in per_kind.values())
+    gaps = missing_coverage(results)
+    line = f"coverage: {seen} of {offered} values of {axes} axes exercised across {len(per_kind)} kinds"
+    return line + "".join(f"\n  {kind}: {name} never drew {', '.join(v)}"
+                          for kind, axes_ in gaps.items() for name, v in axes_.items())
+
+
 def to_json(results: Iterable[Result], path: str, *, adapter: str, profile: str) -> None:
+    results = list(results)
     records = [r.to_json() for r in results]
+    kinds = {kind: cov.to_json() for kind, cov in coverage(results).items()}
     with open(path, "w") as fh:
-        json.dump({"adapter": adapter, "profile": profile, "results": records}, fh, indent=1)
+        json.dump({"adapter": adapter, "profile": profile, "coverage": kinds, "results": records}, fh, indent=1)

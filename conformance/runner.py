@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, seed, settings, strategies as st
+from hypothesis.errors import UnsatisfiedAssumption
 
 from flowspec import registry
 
-from . import profiles, strategies
+from . import covering, profiles, strategies
 from .adapter import Adapter, NotSupported
 from .property import PROPERTIES, CheckContext, Inconclusive, Property, PropertyFailure
 from .seeding import seed_for
 
 STATUSES = ("passed", "failed", "inconclusive", "not_supported", "skipped")
+
+
+class _RunFailed(Exception):
+    """Raised by every example after the first failure of a covering run (see :func:`run_one`)."""
 
 
 @dataclass
@@ -30,9 +35,13 @@ class Result:
     tolerance: float | None = None
     message: str = ""
     seconds: float = 0.0
+    examples: int = 0
+    coverage: covering.Coverage = field(default_factory=covering.Coverage, repr=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        record["coverage"] = self.coverage.to_json()
+        return record
 
 
 def _message(exc: BaseException) -> str:
@@ -66,20 +75,41 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
         return result
     errors: list[tuple[float, float]] = []
     inconclusive: list[str] = []
+    plan = covering.Plan(kind, (kind, prop.name, dtype, device), pinned=profiles.covering(profile))
+    caught: list[BaseException] = []
 
     @settings(profiles.get(profile))
+    @seed(seed_for("examples", kind, prop.name, dtype, device))
     @given(st.data())
     def body(data) -> None:
+        covering.begin_example(data)
+        if caught:
+            # The run has failed. Ending it with an exception that this example raises right after its
+            # first draw keeps hypothesis' replay of it consistent; the failure is re-raised below.
+            raise _RunFailed()
+        result.examples += 1
         ctx = CheckContext(adapter, kind, dtype, device, data, errors)
         try:
             prop.check(ctx)
         except Inconclusive as exc:
             inconclusive.append(str(exc))
+        except UnsatisfiedAssumption:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised below, outside hypothesis
+            exc.add_note(f"example {result.examples}: {ctx.describe()}")
+            if not plan.pinned:
+                raise  # hypothesis replays and shrinks it (the thorough profile)
+            caught.append(exc)  # pinned draws are not hypothesis' own: a replay would draw others
 
     start = time.perf_counter()
     try:
-        with adapter.checking(seed_for(kind, prop.name, dtype, device)):
-            body()
+        with adapter.checking(seed_for(kind, prop.name, dtype, device)), covering.active(plan):
+            try:
+                body()
+            except _RunFailed:
+                pass
+            if caught:
+                raise caught[0]
     except NotSupported as exc:
         result.status, result.message = "not_supported", str(exc)
     except PropertyFailure as exc:
@@ -90,6 +120,7 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
     else:
         if inconclusive:
             result.status, result.message = "inconclusive", inconclusive[0]
+    result.coverage = plan.coverage
     result.seconds = time.perf_counter() - start
     result.max_error, result.tolerance = _worst(errors)
     return result

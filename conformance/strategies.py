@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from flowspec import reference, registry
 from flowspec.spec import FlowSpec
 
+from .covering import axis, declare_axes, salt
 from .seeding import rng
 
 SpecStrategy = Callable[[], st.SearchStrategy]
@@ -25,6 +26,7 @@ _LARGE: dict[str, tuple[float, ...]] = {}
 SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
 MAGNITUDES = (0.1, 1.0, 3.0)
 LARGE_MAGNITUDES = (1.0, 10.0, 100.0)
+ALL_MAGNITUDES = (0.1, 1.0, 3.0, 10.0, 100.0)
 BATCH = 3
 
 
@@ -45,6 +47,14 @@ def large_magnitudes(kind: str) -> tuple[float, ...]:
     return _LARGE.get(kind, LARGE_MAGNITUDES)
 
 
+def value_magnitudes(kind: str) -> tuple[float, ...]:
+    """Input magnitudes of the value properties (forward, log-det, inverse, gradients against the
+    reference): the small ones and the kind's large ones, so that a fault that appears only far from
+    the origin is not left to the round trips, which a fault applied in both directions passes."""
+    large = large_magnitudes(kind)
+    return tuple(sorted(set(MAGNITUDES) | set(large)))
+
+
 def has_specs(kind: str) -> bool:
     return kind in _SPECS
 
@@ -56,7 +66,7 @@ def specs(kind: str) -> st.SearchStrategy:
 
 def from_configs(kind: str, configs: st.SearchStrategy) -> st.SearchStrategy:
     """Specs of ``kind`` from a strategy of configs, with the reference's generic random params."""
-    return st.builds(lambda config, seed: reference.init_spec(kind, config, np.random.default_rng(seed)), configs, SEEDS)
+    return st.builds(lambda config, seed: reference.init_spec(kind, config, rng("params", salt(), seed)), configs, SEEDS)
 
 
 def sample_array(spec: FlowSpec, seed: int, magnitude: float, batch: int = BATCH, *, latent: bool = False) -> np.ndarray:
@@ -67,17 +77,18 @@ def sample_array(spec: FlowSpec, seed: int, magnitude: float, batch: int = BATCH
     """
     kind = registry.get(spec.kind)
     shape = (batch,) + (kind.output_shape(spec.config) if latent else tuple(kind.event_shape(spec.config)))
-    domain = kind.codomain if latent else kind.domain
-    gen = rng("sample", seed)
+    domain = kind.codomain_of(spec.config) if latent else kind.domain
+    gen = rng("sample", salt(), seed)
     if domain.low is not None and domain.high is not None:
         width = domain.high - domain.low
         return domain.low + width * gen.uniform(0.05, 0.95, shape)
     return magnitude * gen.standard_normal(shape)
 
 
-def inputs(spec: FlowSpec, magnitudes: tuple[float, ...] = MAGNITUDES, batch: int = BATCH, *, latent: bool = False) -> st.SearchStrategy:
-    """Strategy of input batches for ``spec`` (see :func:`sample_array`)."""
-    return st.builds(lambda seed, m: sample_array(spec, seed, m, batch, latent=latent), SEEDS, st.sampled_from(magnitudes))
+def inputs(spec: FlowSpec, magnitudes: tuple[float, ...] = MAGNITUDES, batch: int = BATCH, *, latent: bool = False,
+           name: str = "magnitude") -> st.SearchStrategy:
+    """Strategy of input batches for ``spec`` (see :func:`sample_array`); the magnitude is the axis ``name``."""
+    return st.builds(lambda seed, m: sample_array(spec, seed, m, batch, latent=latent), SEEDS, axis(name, magnitudes))
 
 
 def contexts(spec: FlowSpec, batch: int = BATCH) -> st.SearchStrategy:
@@ -86,15 +97,19 @@ def contexts(spec: FlowSpec, batch: int = BATCH) -> st.SearchStrategy:
     if context_shape is None:
         return st.none()
     shape = (batch,) + context_shape
-    return st.builds(lambda seed: rng("context", seed).standard_normal(shape), SEEDS)
+    return st.builds(lambda seed: rng("context", salt(), seed).standard_normal(shape), SEEDS)
 
 
 def weights(shape: tuple[int, ...]) -> st.SearchStrategy:
     """Strategy of upstream-gradient weights of ``shape``."""
-    return st.builds(lambda seed: rng("weights", seed).standard_normal(shape), SEEDS)
+    return st.builds(lambda seed: rng("weights", salt(), seed).standard_normal(shape), SEEDS)
 
 
-def sizes(low: int, high: int) -> st.SearchStrategy:
+def sizes(low: int, high: int, name: str | None = None) -> st.SearchStrategy:
+    """Integers in [low, high]; with a ``name`` they form an axis (every size, odd and even, is
+    exercised under the ci profile: :mod:`.covering`)."""
+    if name is not None:
+        return axis(name, range(low, high + 1))
     return st.integers(min_value=low, max_value=high)
 
 

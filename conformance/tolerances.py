@@ -17,6 +17,18 @@ against rounding ``ε/h``), so their tolerance is built on ``ε^(4/5)`` instead 
 that rest on a power-iteration estimate stopped at a relative change of order ``√ε`` are built on
 ``√ε`` (base ``"sqrt"``).
 
+**Conditioning.** Rows marked ``conditioned`` (inverses, round trips, log-determinants) are also
+multiplied by the 2-norm condition number κ of the Jacobian at the drawn point (the reference's in
+white-box mode, the finite-difference one in black-box mode), passed by the property: solving
+``f(x) = z`` amplifies a relative rounding error of z by up to κ, and ``log|det J|`` computed from
+rounded entries of J is off by up to about κ·ε·D (for a nearly singular 1×1 convolution, or a planar
+flow with wᵀû near −1, whose ``log(1 + ψ)`` takes the log of a small difference). The strategies
+draw such points on purpose (parameters across their meaningful range), so the rows must know κ;
+no row is loosened globally. κ is capped at :data:`MAX_CONDITION` per dtype (10² in float32, 10⁶
+in float64): a drawn point beyond the cap is not compared at all (:meth:`CheckContext.condition`
+rejects it and hypothesis draws another), since an answer there carries too few digits to judge, and
+the strategies keep their regimes below it.
+
 Statistical checks do not use this table: they state a false-alarm rate (see the roulette properties).
 """
 from __future__ import annotations
@@ -34,16 +46,18 @@ class Rule:
     exponent: float
     base: str = "eps"  # "eps", "fd" (ε^(4/5), finite differences) or "sqrt" (ε^(1/2), power iteration)
     why: str = ""
+    conditioned: bool = False  # multiplied by the Jacobian's condition number (module docstring)
 
 
 TABLE: dict[str, Rule] = {
     "forward": Rule(64.0, 0.5, why="entrywise maps; conditioner reductions grow like √D"),
-    "logdet": Rule(64.0, 1.0, why="a sum of D log terms"),
-    "inverse": Rule(1024.0, 1.0, why="solves amplify rounding by the Jacobian's condition number"),
-    "roundtrip": Rule(1024.0, 1.0, why="forward then inverse: two rounding paths and a solve"),
+    "logdet": Rule(64.0, 1.0, why="a sum of D log terms, each of a quantity rounded relative to κ", conditioned=True),
+    "inverse": Rule(1024.0, 1.0, why="solves amplify rounding by the Jacobian's condition number", conditioned=True),
+    "roundtrip": Rule(1024.0, 1.0, why="forward then inverse: two rounding paths and a solve", conditioned=True),
     "grad": Rule(256.0, 1.0, why="reverse-mode sums over D outputs and through the log-det"),
     "diag": Rule(64.0, 1.0, why="diagonal of the Jacobian, chain rule through depth"),
-    "fd_logdet": Rule(256.0, 1.0, base="fd", why="slogdet of a Richardson central-difference Jacobian"),
+    "fd_logdet": Rule(256.0, 1.0, base="fd", why="slogdet of a Richardson central-difference Jacobian",
+                      conditioned=True),
     "fd_jacobian": Rule(64.0, 0.5, base="fd", why="entries of a Richardson central-difference Jacobian"),
     "norm_bound": Rule(8.0, 0.0, base="sqrt", why="relative gap between a norm and its power-iteration estimate "
                        "stopped at a change of √ε/16 (the gap is about change/(1 − r²), r the singular-value ratio)"),
@@ -57,11 +71,27 @@ def fd_step(dtype: str) -> float:
     return EPS[dtype] ** 0.2
 
 
-def tolerance(quantity: str, dtype: str, size: int) -> float:
-    """The tolerance for ``quantity`` at ``dtype`` for samples of ``size`` entries (module docstring)."""
+# The largest condition number a conditioned row accepts (module docstring).
+MAX_CONDITION = {"float64": 1e6, "float32": 1e2}
+
+
+def tolerance(quantity: str, dtype: str, size: int, condition: float = 1.0) -> float:
+    """The tolerance for ``quantity`` at ``dtype`` for samples of ``size`` entries, at a Jacobian of
+    condition number ``condition`` for the conditioned rows (module docstring)."""
     rule = TABLE[quantity]
     eps = EPS[dtype] ** {"eps": 1.0, "fd": 0.8, "sqrt": 0.5}[rule.base]
-    return rule.multiplier * eps * max(int(size), 1) ** rule.exponent
+    scale = min(max(float(condition), 1.0), MAX_CONDITION[dtype]) if rule.conditioned else 1.0
+    return rule.multiplier * eps * max(int(size), 1) ** rule.exponent * scale
+
+
+def condition_number(jacobians: np.ndarray) -> float:
+    """The largest 2-norm condition number among a batch of square Jacobians ``(B, D, D)`` (inf if singular)."""
+    jacobians = np.asarray(jacobians, dtype=np.float64)
+    if jacobians.size == 0:
+        return 1.0
+    singular = np.linalg.svd(jacobians.reshape((-1,) + jacobians.shape[-2:]), compute_uv=False)
+    smallest = singular[:, -1]
+    return float(np.max(np.where(smallest > 0, singular[:, 0] / np.where(smallest > 0, smallest, 1.0), np.inf)))
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:

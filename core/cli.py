@@ -51,6 +51,7 @@ def _run_conformance(args: argparse.Namespace) -> int:
     details = report.failures(results)
     if details:
         print(details + "\n")
+    print(report.coverage_summary(results))
     print(report.summary(results))
     if args.json:
         report.to_json(results, args.json, adapter=adapter.name, profile=args.profile)

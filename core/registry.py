@@ -64,7 +64,8 @@ class Kind:
     ``inverse`` is given where the kind has an analytic inverse (otherwise the reference solves);
     ``init_params(config, rng)`` returns generic parameters in the canonical layout;
     ``check_config(config)`` raises :class:`ConfigError` on an invalid configuration.
-    ``domain``/``codomain`` are the sets x and z live in; ``latent_shape`` is z's shape where it
+    ``domain``/``codomain`` are the sets x and z live in (``codomain_fn(config)`` where the codomain
+    depends on the config, as the logit's (logit α, logit(1 − α)) does: see :meth:`codomain_of`); ``latent_shape`` is z's shape where it
     differs from x's (squeeze); ``context_shape`` is the shape of one context sample for kinds that
     may be conditional (it returns None for a config that takes no context, see
     :meth:`context_of`). Composite kinds carry their ``event_shape`` in their config.
@@ -79,6 +80,7 @@ class Kind:
     inverse: Forward | None = None
     domain: Domain = REAL
     codomain: Domain = REAL
+    codomain_fn: Callable[[Mapping[str, Any]], Domain] | None = None
     latent_shape: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
     context_shape: Callable[[Mapping[str, Any]], tuple[int, ...] | None] | None = None
     check_config: Callable[[Mapping[str, Any]], None] | None = None
@@ -89,6 +91,10 @@ class Kind:
     def output_shape(self, config: Mapping[str, Any]) -> tuple[int, ...]:
         """Shape of one latent sample z."""
         return tuple((self.latent_shape or self.event_shape)(config))
+
+    def codomain_of(self, config: Mapping[str, Any]) -> Domain:
+        """The set z lives in for this config."""
+        return self.codomain if self.codomain_fn is None else self.codomain_fn(config)
 
     def context_of(self, config: Mapping[str, Any]) -> tuple[int, ...] | None:
         """Shape of one context sample, or None where the kind (with this config) takes no context."""

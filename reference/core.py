@@ -39,7 +39,7 @@ def check_input(spec: FlowSpec, x: Any, what: str = "x", *, latent: bool = False
         raise FlowInputError(f"{what} for kind {spec.kind!r} must have shape {expected}, got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise FlowInputError(f"{what} holds {int((~np.isfinite(arr)).sum())} NaN or infinite entries")
-    (kind.codomain if latent else kind.domain).check(arr, what)
+    (kind.codomain_of(spec.config) if latent else kind.domain).check(arr, what)
     return arr
 
 

@@ -10,7 +10,7 @@ import autograd.numpy as anp
 import numpy as np
 
 from flowspec.errors import ConfigError
-from flowspec.registry import REAL, UNIT_INTERVAL, Kind, register
+from flowspec.registry import REAL, UNIT_INTERVAL, Domain, Kind, register
 from flowspec.spec import FlowSpec
 
 FAMILY = "elementwise"
@@ -95,9 +95,19 @@ def _check_logit(config: Mapping[str, Any]) -> None:
     alpha_of(config)
 
 
+def logit_codomain(config: Mapping[str, Any]) -> Domain:
+    """(logit α, logit(1 − α)), the image of (0, 1); the reals for α = 0. A z outside it has no
+    preimage in (0, 1): the inverse formula would return an x outside the domain."""
+    alpha = alpha_of(config)
+    if alpha == 0.0:
+        return REAL
+    bound = float(np.log1p(-alpha) - np.log(alpha))
+    return Domain(f"(logit {alpha:g}, logit(1 − {alpha:g})) = ({-bound:.6g}, {bound:.6g})", -bound, bound)
+
+
 register(Kind(
     name="logit", family=FAMILY, forward=logit_forward, inverse=logit_inverse,
     event_shape=shape_of, init_params=lambda config, rng: {}, check_config=_check_logit,
-    domain=UNIT_INTERVAL, codomain=REAL,
+    domain=UNIT_INTERVAL, codomain=REAL, codomain_fn=logit_codomain,
     summary="z = logit(α + (1−2α)x), maps dequantized data in (0, 1) onto the reals",
 ))

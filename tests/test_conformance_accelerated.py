@@ -6,6 +6,7 @@ import pytest
 from flowspec import registry
 from flowspec.accelerated import conformance_adapter
 from flowspec.conformance import load_families, run, strategies
+from flowspec.conformance.report import missing_coverage
 
 load_families()
 KINDS = [k for k in registry.names() if strategies.has_specs(k)]
@@ -26,3 +27,5 @@ def test_kind_conforms(kind: str) -> None:
     for r in results:
         if r.status == "inconclusive":
             assert "variance" in r.message, f"{r.property} inconclusive for another reason: {r.message}"
+    gaps = missing_coverage(results)
+    assert not gaps, f"the ci profile left axis values of {kind} unexercised: {gaps}"
