@@ -39,6 +39,7 @@ class ActNorm(_Elementwise):
     """Per-channel affine flow with data-dependent initialisation (module docstring)."""
 
     conformance_hooks = frozenset({"initialize"})
+    data_dependent_init = True
 
     def __init__(self, shape: Sequence[int], *, validate_args: bool | None = None):
         super().__init__(shape, validate_args=validate_args)
@@ -99,7 +100,18 @@ class ActNorm(_Elementwise):
         self._require_initialized("the inverse")
         return z * torch.exp(-self._per_channel(self.log_scale)) - self._per_channel(self.bias)
 
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """log|det ∂x/∂z| = −S·Σ log_scale."""
+        return self._inverse(z, context), (-self._positions * self.log_scale.sum()).expand(z.shape[0])
+
     # ------------------------------------------------------------------ loading
+    @classmethod
+    def fresh_from_spec(cls, spec: FlowSpec) -> "ActNorm":
+        """A new, uninitialised flow for ``spec``'s config (its params are not loaded)."""
+        if spec.kind != cls.kind:
+            raise ConfigError(f"{cls.__name__} implements kind {cls.kind!r}, not {spec.kind!r}")
+        return cls(**spec.config).to(torch.float64)
+
     def load_spec_params(self, spec: FlowSpec) -> None:
         flag = np.asarray(spec.params.get("initialized", 0.0))
         if flag.shape != () or float(flag) not in (0.0, 1.0):

@@ -2,8 +2,12 @@
 
 White-box: flows are built with :func:`~flowspec.accelerated.from_spec`. Black-box: flows are
 built from the reference's generic random parameters for a config and seed, then examined only
-through their own forward, inverse and log-det. Hooks are the union of the ``conformance_hooks``
-that the flow classes declare.
+through their own forward, inverse and log-det. ``fresh`` builds the flow as a user constructs it
+(:meth:`~flowspec.accelerated.base.Flow.fresh_from_spec`): kinds with a data-dependent
+initialisation (actnorm) keep their construction values, uninitialised. Every flow has
+``inverse_and_logdet`` (requirement ``"inverse_logdet"``). Hooks are those of
+:class:`~flowspec.conformance.TorchFlowAdapter` plus the union of the ``conformance_hooks`` that the
+flow classes declare.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Any, Mapping
 from flowspec.conformance.torch_adapter import TorchFlowAdapter
 from flowspec.errors import FlowInputError
 
-from .base import MODULES, from_spec
+from .base import MODULES, from_spec, fresh_from_spec
 
 
 def _hooks(classes: Any) -> set[str]:
@@ -31,22 +35,31 @@ class AcceleratedAdapter(TorchFlowAdapter):
             kinds=lambda: set(MODULES) | set(self.overrides),
             builder=self._build,
             instantiator=lambda kind, config, seed: self._build(_spec(kind, config, seed)),
-            hooks=_hooks(list(MODULES.values()) + list(self.overrides.values())),
+            fresh=lambda kind, config, seed: self._build(_spec(kind, config, seed), fresh=True),
+            hooks=_hooks(list(MODULES.values()) + list(self.overrides.values())) | {"inverse_logdet"},
             input_errors=(FlowInputError,),
             white_box=white_box,
         )
 
-    def _build(self, spec: Any) -> Any:
+    def _build(self, spec: Any, *, fresh: bool = False) -> Any:
         if spec.kind in self.overrides:
-            return self.overrides[spec.kind].from_spec(spec)
-        return from_spec(spec)
+            cls = self.overrides[spec.kind]
+            return cls.fresh_from_spec(spec) if fresh else cls.from_spec(spec)
+        return fresh_from_spec(spec) if fresh else from_spec(spec)
 
 
 def _spec(kind: str, config: Mapping[str, Any], seed: int) -> Any:
+    """A spec with the reference's generic random parameters; composite kinds (a sequence, a
+    multi-scale model) are described by their children's specs, which no config carries, so they
+    cannot be built from a config and a seed: the property is then not supported in black-box mode."""
     import numpy as np
 
-    from flowspec import reference
+    from flowspec import reference, registry
+    from flowspec.conformance.adapter import NotSupported
 
+    if registry.get(kind).composite:
+        raise NotSupported(f"a {kind!r} flow is described by its children's specs; it cannot be instantiated "
+                           f"from a config and a seed (black-box mode)")
     return reference.init_spec(kind, config, np.random.default_rng(seed))
 
 

@@ -33,16 +33,25 @@ def register(kind: str):
     return wrap
 
 
-def from_spec(spec: FlowSpec, *, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> "Flow":
-    """Build the accelerated flow described by ``spec`` (any registered kind)."""
+def _module(kind: str) -> type["Flow"]:
     try:
-        cls = MODULES[spec.kind]
+        return MODULES[kind]
     except KeyError:
         raise ConfigError(
-            f"flowspec.accelerated has no implementation of kind {spec.kind!r}; "
+            f"flowspec.accelerated has no implementation of kind {kind!r}; "
             f"it implements: {', '.join(sorted(MODULES))}"
         ) from None
-    return cls.from_spec(spec).to(dtype=dtype, device=device)
+
+
+def from_spec(spec: FlowSpec, *, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> "Flow":
+    """Build the accelerated flow described by ``spec`` (any registered kind)."""
+    return _module(spec.kind).from_spec(spec).to(dtype=dtype, device=device)
+
+
+def fresh_from_spec(spec: FlowSpec, *, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> "Flow":
+    """The flow of ``spec``'s kind and config as constructed, before data-dependent initialisation
+    (:meth:`Flow.fresh_from_spec`)."""
+    return _module(spec.kind).fresh_from_spec(spec).to(dtype=dtype, device=device)
 
 
 def _describe_bad(t: Tensor) -> str:
@@ -58,6 +67,8 @@ class Flow(nn.Module):
     domain: ClassVar[tuple[float | None, float | None]] = (None, None)
     codomain: ClassVar[tuple[float | None, float | None]] = (None, None)
     context_shape: tuple[int, ...] | None = None
+    # Whether the flow sets parameters from its first training batch (see :meth:`fresh_from_spec`).
+    data_dependent_init: ClassVar[bool] = False
     _default_validate_args: ClassVar[bool] = True
 
     def __init__(self, *, validate_args: bool | None = None):
@@ -105,6 +116,24 @@ class Flow(nn.Module):
         if self.validate_args:
             self._check_output(x, "inverse")
         return x
+
+    def inverse_and_logdet(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(x, log|det ∂x/∂z|)`` with ``x = f⁻¹(z)``: the inverse direction's log-determinant,
+        ``−log|det ∂z/∂x|`` at x (inverse function theorem). Generic: the inverse, then the
+        negated log-det of a forward at the solved point; kinds that know it directly override
+        :meth:`_inverse_and_logdet`."""
+        if self.validate_args:
+            self._check(z, self.latent_shape, self.codomain, "z")
+            self._check_context(context, z.shape[0])
+        x, logdet = self._inverse_and_logdet(z, context)
+        if self.validate_args:
+            self._check_output(x, "inverse")
+            self._check_output(logdet, "log|det| of the inverse")
+        return x, logdet
+
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        x = self._inverse(z, context)
+        return x, -self._forward(x, context)[1]
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -157,6 +186,14 @@ class Flow(nn.Module):
         flow = cls(**spec.config).to(torch.float64)
         flow.load_spec_params(spec)
         return flow
+
+    @classmethod
+    def fresh_from_spec(cls, spec: FlowSpec) -> "Flow":
+        """The flow as a user constructs it for ``spec``'s config, before any data-dependent
+        initialisation: kinds with one (:attr:`data_dependent_init`) keep their construction values
+        and ignore ``spec``'s params; others (nothing to initialise from data) load them; composites
+        build their children the same way."""
+        return cls.from_spec(spec)
 
     def load_spec_params(self, spec: FlowSpec) -> None:
         """Copy the canonical arrays of ``spec`` into this flow's tensors, checking names and shapes."""
@@ -226,8 +263,13 @@ class Flow(nn.Module):
 
 def softplus(a: Tensor) -> Tensor:
     """log(1 + exp(a)) without a cut-off (``torch.nn.functional.softplus`` returns a above 20, which
-    differs from the reference's exact value by more than a float64 tolerance)."""
-    return torch.logaddexp(a, torch.zeros_like(a))
+    differs from the reference's exact value by more than a float64 tolerance), as
+    a + log1p(exp(−a)) for a > 0 and log1p(exp(a)) otherwise, each branch fed only arguments at which
+    it cannot overflow. Its first and second derivatives are finite everywhere: ``torch.logaddexp``'s
+    second derivative is NaN where exp(a) underflows (a below about −88 in float32), which the exact
+    log-det's gradient (a derivative of the Jacobian) reaches."""
+    positive = a.clamp(min=0.0)
+    return torch.where(a > 0, positive + torch.log1p(torch.exp(-positive)), torch.log1p(torch.exp(a.clamp(max=0.0))))
 
 
 def batch_sum(t: Tensor) -> Tensor:

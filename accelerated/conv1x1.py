@@ -44,6 +44,11 @@ class _Conv1x1(ImageFlow):
         logdet = self.height * self.width * self._log_abs_det_weight()
         return z, logdet.expand(x.shape[0])
 
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """log|det ∂x/∂z| = −H·W·log|det W|."""
+        logdet = -self.height * self.width * self._log_abs_det_weight()
+        return self._inverse(z, context), logdet.expand(z.shape[0])
+
     def _pixels_as_columns(self, t: Tensor) -> Tensor:
         """``(b, C, H, W)`` → ``(b, C, H·W)``: one column per pixel, for the solves."""
         return t.reshape(t.shape[0], self.channels, self.height * self.width)

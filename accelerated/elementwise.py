@@ -5,12 +5,11 @@ import math
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowspec.errors import ConfigError
 
-from .base import Flow, batch_sum, register
+from .base import Flow, batch_sum, register, softplus
 
 
 class _Elementwise(Flow):
@@ -45,18 +44,29 @@ class ElementwiseAffine(_Elementwise):
     def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
         return (z - self.shift) * torch.exp(-self.log_scale)
 
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """log|det ∂x/∂z| = −Σ log_scale."""
+        return self._inverse(z, context), (-self.log_scale.sum()).expand(z.shape[0])
+
 
 @register("sigmoid")
 class Sigmoid(_Elementwise):
-    """z = σ(x); log|det| = Σ log σ(x) + log σ(−x), computed with softplus to stay finite."""
+    """z = σ(x); log|det| = Σ log σ(x) + log σ(−x), computed with softplus to stay finite (the exact
+    one: torch's returns its argument above 20, off by e⁻²⁰ ≈ 2e-9 there)."""
 
     codomain = (0.0, 1.0)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return torch.sigmoid(x), -batch_sum(F.softplus(x) + F.softplus(-x))
+        return torch.sigmoid(x), -batch_sum(softplus(x) + softplus(-x))
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
         return torch.log(z) - torch.log1p(-z)
+
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x = logit(z); log|det ∂x/∂z| = −Σ [log z + log(1 − z)], from z itself (exact where z is
+        near 0 or 1, where x = logit(z) has lost the digits that a forward log-det at x would need)."""
+        log_z, log_1mz = torch.log(z), torch.log1p(-z)
+        return log_z - log_1mz, -batch_sum(log_z + log_1mz)
 
 
 @register("logit")
@@ -94,3 +104,9 @@ class Logit(_Elementwise):
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
         return (torch.sigmoid(z) - self.alpha) / (1.0 - 2.0 * self.alpha)
+
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x = (σ(z) − α)/(1 − 2α); log|det ∂x/∂z| = Σ [log σ(z) + log σ(−z)] − D·log(1 − 2α)."""
+        n = math.prod(self._shape)
+        logdet = -batch_sum(softplus(-z) + softplus(z)) - n * math.log1p(-2.0 * self.alpha)
+        return self._inverse(z, context), logdet

@@ -15,7 +15,7 @@ import torch
 from flowspec.errors import ConfigError
 from flowspec.spec import FlowSpec
 
-from .base import Flow, from_spec, register
+from .base import Flow, from_spec, fresh_from_spec, register
 
 
 @register("multiscale")
@@ -76,9 +76,13 @@ class MultiScale(Flow):
         half = h.shape[1] // 2
         return h[:, :half], h[:, half:]
 
-    def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
+    def _pieces(self, z: Tensor) -> list[Tensor]:
+        """The flat latent cut into the factored-out latents of each level (the last: its output)."""
         sizes = [math.prod(s) for s in self._factored]
-        pieces = [p.reshape(z.shape[0], *s) for p, s in zip(torch.split(z, sizes, dim=1), self._factored)]
+        return [p.reshape(z.shape[0], *s) for p, s in zip(torch.split(z, sizes, dim=1), self._factored)]
+
+    def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
+        pieces = self._pieces(z)
         h = pieces[-1]
         for i in range(len(self.levels) - 1, -1, -1):
             if i + 1 < len(self.levels):
@@ -86,6 +90,21 @@ class MultiScale(Flow):
             h = self.levels[i].inverse(h)
         return h
 
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """As :meth:`_inverse`, summing the levels' inverse log-dets (the splits have log|det| 0)."""
+        pieces, total = self._pieces(z), None
+        h = pieces[-1]
+        for i in range(len(self.levels) - 1, -1, -1):
+            if i + 1 < len(self.levels):
+                h = torch.cat([pieces[i], h], dim=1)
+            h, logdet = self.levels[i].inverse_and_logdet(h)
+            total = logdet if total is None else total + logdet
+        return h, total
+
     @classmethod
     def from_spec(cls, spec: FlowSpec) -> "MultiScale":
         return cls([from_spec(spec.params[str(i)]) for i in range(spec.config["levels"])])
+
+    @classmethod
+    def fresh_from_spec(cls, spec: FlowSpec) -> "MultiScale":
+        return cls([fresh_from_spec(spec.params[str(i)]) for i in range(spec.config["levels"])])

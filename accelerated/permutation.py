@@ -37,6 +37,9 @@ class _ChannelPermutation(_Elementwise):
     def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
         return z.index_select(1, self._inverse_perm)
 
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._inverse(z, context), z.new_zeros(z.shape[0])
+
 
 @register("reverse_permutation")
 class ReversePermutation(_ChannelPermutation):

@@ -50,14 +50,18 @@ Inverse (Algorithm 1 of the QuAR paper; Behrmann et al. 2019)
 Fixed-point iteration x ← y − g(x) from x = y. The residual ‖f(x_k) − y‖ = ‖x_{k+1} − x_k‖
 understates the error ‖x_k − x*‖ by up to 1/(1 − Lip(g)), so the stop is
 ``‖x_{k+1} − x_k‖ ≤ (1 − L)·rtol·max(‖y‖, 1)`` per sample with L = coeff^(layers) the constraint's
-bound; the returned x_{k+1} is then within L·rtol·max(‖y‖, 1) of x*. ``inverse_rtol`` defaults to
+bound; the returned x_{k+1} is then within L·rtol·max(‖y‖, 1) of x* — when the iteration converged,
+and in the 2-norm only where L bounds Lip(g) in the 2-norm (convolutions, and MLPs with p_0 = 2; for
+p_0 ∈ {1, ∞} the constraint bounds Lip(g) in the p_0 norm only). ``inverse_rtol`` defaults to
 32·ε(dtype)/(1 − L), just above what rounding lets the residual reach. After ``inverse_max_iter``
 iterations a :class:`ConvergenceError` carries the relative residual. ``rsample`` is differentiable
 through this inverse by implicit differentiation: the adjoint λ = (I + J_g)⁻ᵀ x̄ is solved by the
 same fixed-point iteration (a Neumann series), then ȳ = λ and θ̄ = −(∂g/∂θ)ᵀλ.
 
 Randomness: probes and draws come from ``block.generator`` (a ``torch.Generator``, or None for the
-global generator). The conformance hooks take the probe and the draw explicitly.
+global generator), drawn first thing in the forward, independently for every sample and probe; the
+hook ``logdet_noise`` draws what the next forward will. The other conformance hooks take the probe
+and the draw explicitly.
 """
 from __future__ import annotations
 
@@ -143,8 +147,7 @@ class _LogDetInForward(torch.autograd.Function):
             x_rep, gx = block._tiled_g(x_leaf, leaves, v.shape[0] // batch)
             value, surrogate = block._series(gx, x_rep, v, n, create_graph=not block.neumann_grad)
             trainable = [p for p in leaves if p.requires_grad]
-            grads = torch.autograd.grad(block._per_sample(surrogate, batch).sum(), [x_leaf] + trainable,
-                                        retain_graph=True, allow_unused=True)
+            grads = _grad_or_none(block._per_sample(surrogate, batch).sum(), [x_leaf] + trainable, retain_graph=True)
         ctx.block, ctx.gx, ctx.x_rep, ctx.x_leaf, ctx.leaves = block, gx, x_rep, x_leaf, leaves
         ctx.save_for_backward(v, n, *[torch.zeros_like(t) if g is None else g for g, t in zip(grads, [x_leaf] + trainable)])
         return gx[:batch].detach(), block._per_sample(value, batch).detach()
@@ -163,12 +166,21 @@ class _LogDetInForward(torch.autograd.Function):
             else:
                 _, surrogate = ctx.block._series(ctx.gx, ctx.x_rep, v, n, create_graph=not ctx.block.neumann_grad)
                 loss = (ctx.block._per_sample(surrogate, batch) * grad_logdet).sum()
-                weighted = list(torch.autograd.grad(loss, trainable, allow_unused=True))
+                weighted = _grad_or_none(loss, trainable)
         scale = grad_logdet.reshape(batch, *([1] * (grad_x.dim() - 1)))
         total_x = scale * grad_x + (0.0 if path[0] is None else path[0])
         totals = iter([_add(a, b) for a, b in zip(path[1:], weighted)])
         param_grads = [next(totals) if p.requires_grad else None for p in ctx.leaves]
         return (None, None, None, total_x, *param_grads)
+
+
+def _grad_or_none(output: Tensor, inputs: Sequence[Tensor], **kwargs: Any) -> list[Tensor | None]:
+    """``torch.autograd.grad(output, inputs)`` with None for inputs it does not reach, also when the
+    output has no graph at all (an estimate of zero terms: m = 0 and every draw N = 0 under a Poisson
+    p(N), whose surrogate is a constant)."""
+    if not output.requires_grad:
+        return [None] * len(inputs)
+    return list(torch.autograd.grad(output, inputs, allow_unused=True, **kwargs))
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -212,13 +224,13 @@ class ResidualBlock(Flow):
     """
 
     conformance_hooks = frozenset({
-        "logdet_estimate", "logdet_estimate_vjp", "roulette_draws", "normalized_weights",
-        "perturb_weights", "norm_hit_cap", "activation_derivatives", "fixed_point_errors",
+        "logdet_estimate", "logdet_estimate_vjp", "logdet_noise", "roulette_draws", "normalized_weights",
+        "perturb_weights", "norm_hit_cap", "norm_guarantees", "activation_derivatives", "fixed_point_errors",
     })
     conv: bool = False
     in_forward_function = _LogDetInForward  # the autograd Function of backward-in-forward
 
-    def __init__(self, shape: Sequence[int], hidden: Sequence[int], *, activation: str = "lipswish",
+    def __init__(self, shape: Sequence[int], hidden: Sequence[int] = (), *, activation: str = "lipswish",
                  coeff: float = 0.97, logdet: str = "roulette", n_exact_terms: int = 2, eval_exact_terms: int = 20,
                  n_samples: int = 1, dist: str = "geometric", dist_param: float = 0.5, probe: str = "gaussian",
                  neumann_grad: bool = True, grad_in_forward: bool = True, atol: float = 0.0, rtol: float = 1e-4,
@@ -260,7 +272,8 @@ class ResidualBlock(Flow):
                    grad_in_forward: bool = True) -> None:
         """Choose the log-det estimator (module docstring); validates every setting."""
         if estimator not in ESTIMATORS:
-            raise ConfigError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+            raise ConfigError(f"the log-det estimator (config 'logdet') must be one of {', '.join(ESTIMATORS)}, "
+                              f"got {estimator!r}")
         probe = getattr(self, "probe", "gaussian") if probe is None else probe
         if probe not in PROBES:
             raise ConfigError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
@@ -466,13 +479,13 @@ class ResidualBlock(Flow):
         return self.roulette.sample(count, generator, self._anchor.device)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        params = self._params()
         if self.estimator == "exact":
+            params = self._params()
             need_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
             gx, logdet = self._exact(x, params, need_grad)
             return x + gx, logdet
-        v, n = self._draw(x.shape[0], x)
-        return self._estimate(x, params, v, n)
+        v, n = self._draw(x.shape[0], x)  # first, so that :meth:`logdet_noise` can replay it
+        return self._estimate(x, self._params(), v, n)
 
     # ------------------------------------------------------------------ inverse
     def _inverse_tolerance(self, dtype: torch.dtype) -> float:
@@ -510,14 +523,17 @@ class ResidualBlock(Flow):
 
     # ------------------------------------------------------------------ conformance hooks
     def logdet_estimate(self, x: Tensor, v: Tensor, n: Tensor) -> Tensor:
-        """The per-sample estimate for the given probe v (one per sample) and draw n (one per sample)."""
+        """The per-sample estimate for the given probes v and draws n: one row per probe, s·batch + i
+        for the s-th probe of sample i (the forward's layout), the estimate being the mean over a
+        sample's probes."""
         with torch.no_grad():
             return self._estimate(x, self._params(), v, _as_draws(n))[1]
 
     def logdet_estimate_vjp(self, x: Tensor, v: Tensor, n: Tensor, z_weight: Tensor,
                             logdet_weight: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Gradients of Σ z_weight·z + Σ logdet_weight·estimate (given v, n) w.r.t. the canonical
-        params and x, through the block's own training path (backward-in-forward if configured)."""
+        """Gradients of Σ z_weight·z + Σ logdet_weight·estimate (given v, n, rows as in
+        :meth:`logdet_estimate`) w.r.t. the canonical params and x, through the block's own path
+        (backward-in-forward if configured)."""
         x = x.detach().requires_grad_(True)
         z, logdet = self._estimate(x, self._params(), v, _as_draws(n))
         loss = (z * z_weight).sum() + (logdet * logdet_weight).sum()
@@ -525,6 +541,13 @@ class ResidualBlock(Flow):
         grads = torch.autograd.grad(loss, list(params.values()) + [x], allow_unused=True)
         out = {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(params.items(), grads)}
         return out, grads[-1]
+
+    def logdet_noise(self, batch: int) -> tuple[Tensor, Tensor]:
+        """The probes (rows as in :meth:`logdet_estimate`: n_samples·batch of them) and the draws of N
+        (zeros for the series, which has none) that the next forward of ``batch`` samples will use:
+        the forward draws them first, from ``self.generator``, so after the same seeding it draws
+        exactly these."""
+        return self._draw(int(batch), self._anchor)
 
     def roulette_draws(self, count: int, seed: int) -> Tensor:
         """``count`` draws of N from a generator seeded with ``seed`` (the sampler the forward uses)."""
@@ -550,6 +573,11 @@ class ResidualBlock(Flow):
         """Per canonical weight name: whether its last norm estimate stopped at the iteration cap
         (its bound is then not claimed)."""
         return {f"weight{l}": layer.normalizer.hit_cap for l, layer in enumerate(self.layers)}
+
+    def norm_guarantees(self) -> dict[str, dict[str, object]]:
+        """Per canonical weight name: how its last norm estimate was made and what it guarantees
+        (:meth:`~flowspec.accelerated.lipschitz.LipschitzNormalizer.guarantee`)."""
+        return {f"weight{l}": layer.normalizer.guarantee() for l, layer in enumerate(self.layers)}
 
     def activation_derivatives(self, z: Tensor, betas: Tensor) -> dict[str, Tensor]:
         """φ(z), φ′(z) by autograd through the activation's forward, and its ``derivative(z)``, for

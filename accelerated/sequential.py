@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from flowspec.errors import ConfigError
 from flowspec.spec import FlowSpec
 
-from .base import Flow, from_spec, register
+from .base import Flow, from_spec, fresh_from_spec, register
 
 
 @register("sequential")
@@ -67,13 +67,28 @@ class Sequential(Flow):
             z = child.inverse(z, self._context(child, context))
         return z
 
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The children's inverses last to first, their inverse log-dets summed."""
+        total = None
+        for child in reversed(self.flows):
+            z, logdet = child.inverse_and_logdet(z, self._context(child, context))
+            total = logdet if total is None else total + logdet
+        return z, total
+
     def spec_children(self) -> dict[str, Flow]:
         return {str(i): f for i, f in enumerate(self.flows)}
 
     @classmethod
     def from_spec(cls, spec: FlowSpec) -> "Sequential":
-        children = [spec.params[str(i)] for i in range(len(spec.params))]
-        return cls([from_spec(c) for c in children])
+        return cls([from_spec(c) for c in cls._child_specs(spec)])
+
+    @classmethod
+    def fresh_from_spec(cls, spec: FlowSpec) -> "Sequential":
+        return cls([fresh_from_spec(c) for c in cls._child_specs(spec)])
+
+    @staticmethod
+    def _child_specs(spec: FlowSpec) -> list[FlowSpec]:
+        return [spec.params[str(i)] for i in range(len(spec.params))]
 
 
 def residual_stack(

@@ -58,3 +58,6 @@ class Squeeze(ImageFlow):
         c, h, w = self.event_shape
         patches = z.reshape(z.shape[0], c, 2, 2, h // 2, w // 2)  # [b, c, i, j, h, w]
         return patches.permute(0, 1, 4, 2, 5, 3).reshape(z.shape[0], c, h, w)
+
+    def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self._inverse(z, context), z.new_zeros(z.shape[0])

@@ -4,11 +4,16 @@ Run it with ``flowspec conformance [--impl MODULE:ATTR]`` or, inside pytest,
 ``pytest --pyargs flowspec.conformance --flowspec-impl=MODULE:ATTR``. An implementation is reached
 through an :class:`Adapter` (see :mod:`.adapter`; :class:`TorchFlowAdapter` covers torch modules).
 
-Modules: :mod:`.generic` holds the properties of every kind; each family module (same names as in
-the reference and accelerated layers) registers its kinds' spec strategies and its own properties.
-Shared machinery: :mod:`.tolerances` (the one tolerance table), :mod:`.seeding` (the one place
-randomness is seeded), :mod:`.profiles` (hypothesis profiles ``ci`` and ``thorough``),
-:mod:`.strategies`, :mod:`.finite_diff`, :mod:`.stats`, :mod:`.runner`, :mod:`.report`.
+Modules: the properties of every kind are in :mod:`.generic` (values, log-dets and inverses in both
+directions, batch independence, bad input), :mod:`.state` (modes, gradient-enabled forwards,
+checkpoints, data-dependent initialisation, dtype conversion), :mod:`.gradients` (black-box
+gradients, gradients through the inverse) and :mod:`.configs` (config defaults and invalid
+configs); each family module (same names as in the reference and accelerated layers) registers its
+kinds' spec strategies and its own properties. Shared machinery: :mod:`.tolerances` (the one
+tolerance table), :mod:`.seeding` (the one place randomness is seeded), :mod:`.covering` (the ci
+profile's covering design and the coverage record), :mod:`.profiles` (hypothesis profiles ``ci``
+and ``thorough``), :mod:`.strategies`, :mod:`.finite_diff`, :mod:`.stats`, :mod:`.runner`,
+:mod:`.report`.
 """
 from __future__ import annotations
 

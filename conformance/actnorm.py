@@ -1,4 +1,9 @@
-"""Spec strategies for actnorm and its data-dependent initialisation property."""
+"""Spec strategies for actnorm and its data-dependent initialisation property.
+
+Shapes and log-scale regimes are those of :mod:`.elementwise` (axes ``layout``, sizes, ``regime``:
+per-channel log-scales at initialisation or far from it, e^±10, with the bias on the scale
+of the contracted side).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +12,8 @@ from flowspec import reference
 from flowspec.reference.actnorm import actnorm_init
 from flowspec.spec import FlowSpec
 
-from .elementwise import SHAPES
+from .covering import declare_axes
+from .elementwise import LOG_SCALE_REGIMES, SHAPES, shape_axes, with_log_scales
 from .finite_diff import ROUND
 from .property import CheckContext, prop
 from .strategies import config, event_size, from_configs, register_specs
@@ -15,7 +21,10 @@ from .strategies import config, event_size, from_configs, register_specs
 
 @register_specs("actnorm")
 def _actnorm():
-    return from_configs("actnorm", config(shape=SHAPES))
+    return with_log_scales(from_configs("actnorm", config(shape=SHAPES)), "bias", in_output_units=False)
+
+
+declare_axes("actnorm", **shape_axes(), regime=tuple(LOG_SCALE_REGIMES))
 
 
 @prop("actnorm_data_init", requires=["black_box", "initialize"], kinds=["actnorm"])

@@ -9,8 +9,29 @@ the implementation. It works in one or both modes:
   config and a seed, and only its own forward / inverse / log-det are examined (finite-difference
   Jacobians, round trips, claimed structure).
 
-Optional hooks (``diag_jacobian``, ``logdet_estimate``, ``spectral_norm_estimate``, …) are named in
-``Capabilities.hooks`` and reached through :meth:`Adapter.call_hook`. A property that needs a
+Beyond forward and inverse, an adapter may offer operations that properties about module state,
+modes, both directions and gradients need. Each is named by a *requirement* in
+``Capabilities.hooks``; the base implementations raise :class:`NotSupported`:
+
+=================  ===========================================  ======================================
+requirement        method                                       what it does
+=================  ===========================================  ======================================
+``grad``           :meth:`Adapter.vjp`, ``forward(grad=True)``  gradients; a forward with autograd on
+``inverse``        :meth:`Adapter.inverse`                      x = f⁻¹(z)
+``inverse_logdet`` :meth:`Adapter.inverse_with_logdet`          (x, log|det ∂x/∂z|) in one call
+``inverse_grad``   :meth:`Adapter.inverse_vjp`                  gradients through the inverse
+``train_eval``     :meth:`Adapter.set_training`                 training / evaluation mode
+``state``          :meth:`Adapter.save_state`, ``load_state``   a checkpoint round trip (bytes)
+``convert``        :meth:`Adapter.convert`                      the flow in another dtype (``.to``)
+``parameters``     :meth:`Adapter.parameters`, ``set_parameters``  read / edit parameters in place
+``fresh``          :meth:`Adapter.fresh`                        a flow not yet data-initialised
+``reseed``         :meth:`Adapter.reseed`                       reseed the implementation's RNG
+=================  ===========================================  ======================================
+
+Other optional hooks (``diag_jacobian``, ``logdet_estimate``, ``spectral_norm_estimate``, …) are
+reached through :meth:`Adapter.call_hook`. ``Capabilities.native_direction`` says which direction
+the implementation computes natively (``"forward"``, ``"inverse"`` or ``"both"``); the other one is
+then derived by it (a solve, or the negated log-det at the solved point). A property that needs a
 capability the adapter lacks is reported *not supported*, never passed.
 """
 from __future__ import annotations
@@ -25,6 +46,8 @@ from flowspec.spec import FlowSpec
 
 Array = np.ndarray
 
+DIRECTIONS = ("forward", "inverse", "both")
+
 
 class NotSupported(Exception):
     """Raised by an adapter (or the suite) when a capability is missing."""
@@ -32,7 +55,8 @@ class NotSupported(Exception):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an adapter can do. ``hooks`` names optional operations such as ``"grad"``."""
+    """What an adapter can do. ``hooks`` names optional operations (requirements, module docstring);
+    ``native_direction`` is the direction the implementation computes natively."""
 
     kinds: frozenset[str]
     dtypes: frozenset[str] = frozenset({"float64", "float32"})
@@ -40,6 +64,11 @@ class Capabilities:
     modes: frozenset[str] = frozenset({"white_box", "black_box"})
     hooks: frozenset[str] = frozenset({"inverse", "grad"})
     input_errors: tuple[type[BaseException], ...] = field(default=(Exception,))
+    native_direction: str = "forward"
+
+    def __post_init__(self) -> None:
+        if self.native_direction not in DIRECTIONS:
+            raise ValueError(f"native_direction must be one of {DIRECTIONS}, got {self.native_direction!r}")
 
     def has(self, requirement: str) -> bool:
         return requirement in self.modes or requirement in self.hooks
@@ -54,6 +83,10 @@ class Adapter(ABC):
     def capabilities(self) -> Capabilities:
         ...
 
+    def _missing(self, requirement: str, what: str) -> NotSupported:
+        return NotSupported(f"{self.name} does not support {what} (requirement {requirement!r})")
+
+    # ------------------------------------------------------------------ building
     def load(self, spec: FlowSpec, dtype: str, device: str) -> Any:
         """White-box: the implementation's flow with exactly the parameters of ``spec``."""
         raise NotSupported(f"{self.name} cannot load a FlowSpec")
@@ -62,12 +95,26 @@ class Adapter(ABC):
         """Black-box: some flow of ``kind`` with ``config``, its parameters drawn from ``seed``."""
         raise NotSupported(f"{self.name} cannot instantiate flows without a FlowSpec")
 
+    def fresh(self, kind: str, config: Mapping[str, Any], seed: int, dtype: str, device: str) -> Any:
+        """A flow of ``kind`` as a user constructs it, before any data-dependent initialisation
+        (requirement ``"fresh"``)."""
+        raise self._missing("fresh", "building fresh (not yet data-initialised) flows")
+
+    # ------------------------------------------------------------------ calls
     @abstractmethod
-    def forward(self, flow: Any, x: Array, context: Array | None = None, *, raw: bool = False) -> tuple[Array, Array]:
-        """``(z, log|det|)``. With ``raw=True`` the input is passed on as it is (bad-input checks)."""
+    def forward(self, flow: Any, x: Array, context: Array | None = None, *, raw: bool = False,
+                grad: bool = False) -> tuple[Array, Array]:
+        """``(z, log|det ∂z/∂x|)``. With ``raw=True`` the input is passed on as it is (bad-input
+        checks); with ``grad=True`` the forward runs as in training, with gradients recorded (the
+        input requires gradients), so the values a user sees as the training loss are returned."""
 
     def inverse(self, flow: Any, z: Array, context: Array | None = None, *, raw: bool = False) -> Array:
         raise NotSupported(f"{self.name} has no inverse")
+
+    def inverse_with_logdet(self, flow: Any, z: Array, context: Array | None = None) -> tuple[Array, Array]:
+        """``(x, log|det ∂x/∂z|)`` with ``x = f⁻¹(z)``, from the implementation's own inverse
+        direction (requirement ``"inverse_logdet"``)."""
+        raise self._missing("inverse_logdet", "the inverse's log-determinant")
 
     def vjp(
         self, flow: Any, x: Array, z_weight: Array, logdet_weight: Array, context: Array | None = None
@@ -75,9 +122,48 @@ class Adapter(ABC):
         """Gradients of ``Σ z_weight·z + Σ logdet_weight·log|det|`` w.r.t. params (canonical names) and x."""
         raise NotSupported(f"{self.name} exposes no gradients")
 
+    def inverse_vjp(
+        self, flow: Any, z: Array, x_weight: Array, context: Array | None = None
+    ) -> tuple[dict[str, Array], Array]:
+        """Gradients of ``Σ x_weight·f⁻¹(z)`` w.r.t. params (canonical names) and z, through the
+        implementation's inverse (requirement ``"inverse_grad"``)."""
+        raise self._missing("inverse_grad", "gradients through the inverse")
+
     def call_hook(self, flow: Any, hook: str, *args: Any, **kwargs: Any) -> Any:
         """Run an optional hook named in ``Capabilities.hooks``."""
         raise NotSupported(f"{self.name} has no hook {hook!r}")
+
+    # ------------------------------------------------------------------ state and modes
+    def set_training(self, flow: Any, training: bool) -> None:
+        """Put ``flow`` in training (``True``) or evaluation mode (requirement ``"train_eval"``)."""
+        raise self._missing("train_eval", "switching between training and evaluation mode")
+
+    def save_state(self, flow: Any) -> bytes:
+        """A checkpoint of ``flow``'s state as bytes (requirement ``"state"``)."""
+        raise self._missing("state", "saving a flow's state")
+
+    def load_state(self, flow: Any, state: bytes) -> None:
+        """Load a checkpoint from :meth:`save_state` into ``flow`` in place (requirement ``"state"``)."""
+        raise self._missing("state", "loading a flow's state")
+
+    def convert(self, flow: Any, dtype: str) -> Any:
+        """``flow`` converted to ``dtype`` as a user converts it (requirement ``"convert"``)."""
+        raise self._missing("convert", "converting a flow to another dtype")
+
+    def parameters(self, flow: Any) -> dict[str, Array]:
+        """The flow's trainable parameters by canonical dotted name, as float64 arrays (requirement
+        ``"parameters"``)."""
+        raise self._missing("parameters", "reading parameters")
+
+    def set_parameters(self, flow: Any, values: Mapping[str, Array]) -> None:
+        """Overwrite the named parameters in place, as an optimiser step or a user's in-place edit
+        does, without any other call (requirement ``"parameters"``)."""
+        raise self._missing("parameters", "setting parameters")
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the implementation's own random number generator, so that two evaluations draw the
+        same noise (requirement ``"reseed"``)."""
+        raise self._missing("reseed", "reseeding its random number generator")
 
     def checking(self, seed: int | None = None):
         """A context manager entered while the suite checks one property (deterministic kernels, no

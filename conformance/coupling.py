@@ -1,8 +1,22 @@
 """Spec strategies and the structural property of the coupling kinds (additive and affine coupling).
 
-Vectors of D ≤ 8 entries (MLP conditioner, with or without a context of 2 entries) and images of
-C, H, W ≤ 4 (conv or MLP conditioner); both masks, both parities, hidden width ≤ 8, one or two
-hidden layers, every activation.
+Axes (:mod:`.covering`), drawn in this order so that a pinned value is honoured where another
+choice depends on it:
+
+* ``conditioner_mask``: the conditioner (``mlp`` or ``conv``) and the mask (``channel`` or
+  ``checkerboard``) as one axis of four pairs, so that every run meets each pair (a conv
+  conditioner on a checkerboard among them) rather than only each value; a conv conditioner needs
+  an image, so only an MLP draws the ``layout`` (``vector`` of D = 2…8 entries, axis ``size``, or
+  ``image``); then ``parity``;
+* image sizes C, H = 1…3 and W = 1…4 (axes ``channels``, ``height``, ``width``; a channel mask
+  needs C ≥ 2, a checkerboard H·W ≥ 2), so checkerboards on images of every width, odd and even,
+  meet both conditioners (D ≤ 36 keeps the reference's Jacobians of a conv conditioner cheap);
+* ``context_dim`` (0 or 2; MLP conditioners only);
+* the conditioner's ``hidden`` width (1…8), ``depth`` (1 or 2 hidden layers), ``activation`` and,
+  for affine coupling, ``scale_factor``;
+* ``regime`` of the parameters: ``init`` (the reference's generic weights) or ``large``, the last
+  layer scaled by 8: raw scales far beyond tanh's linear range (s = scale_factor·tanh(s_raw)
+  saturates at ±scale_factor) and large shifts.
 """
 from __future__ import annotations
 
@@ -11,67 +25,97 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from flowspec.reference.coupling import ACTIVATIONS, MASKS, parse_config, unchanged_mask
+from flowspec.reference.coupling import ACTIVATIONS, CONDITIONERS, MASKS, parse_config, unchanged_mask
 from flowspec.registry import REAL
+from flowspec.spec import FlowSpec
 
 from . import finite_diff
+from .covering import axis, declare_axes
 from .property import CheckContext, prop
 from .strategies import from_configs, register_specs, sizes
 
 KINDS = ("additive_coupling", "affine_coupling")
-CONTEXT_DIMS = st.sampled_from([0, 2])
+CONDITIONER_MASKS = tuple(f"{c}/{m}" for c in CONDITIONERS for m in MASKS)
+LAYOUTS = ("vector", "image")
+PARITIES = (0, 1)
+CONTEXT_DIMS = (0, 2)
+DEPTHS = (1, 2)
+SCALE_FACTORS = (0.5, 1.0, 2.0)
+REGIMES = ("init", "large")
+RAW_FACTOR = 8.0  # the large regime's factor on the conditioner's last layer
 
 
 def _network(draw: Any, affine: bool) -> dict[str, Any]:
     """Conditioner size, activation and (affine) scale factor."""
     net = {
-        "hidden": draw(sizes(1, 8)), "depth": draw(sizes(1, 2)),
-        "activation": draw(st.sampled_from(sorted(ACTIVATIONS))),
+        "hidden": draw(sizes(1, 8, name="hidden")), "depth": draw(axis("depth", DEPTHS)),
+        "activation": draw(axis("activation", sorted(ACTIVATIONS))),
     }
     if affine:
-        net["scale_factor"] = draw(st.sampled_from([0.5, 1.0, 2.0]))
+        net["scale_factor"] = draw(axis("scale_factor", SCALE_FACTORS))
     return net
 
 
-@st.composite
-def vector_configs(draw: Any, affine: bool, size: st.SearchStrategy = sizes(2, 8),
-                   context_dims: st.SearchStrategy = CONTEXT_DIMS) -> dict[str, Any]:
-    """Configs on vectors (MLP conditioner)."""
-    return {
-        "shape": [draw(size)], "mask": draw(st.sampled_from(MASKS)), "parity": draw(st.sampled_from([0, 1])),
-        "conditioner": "mlp", "context_dim": draw(context_dims), **_network(draw, affine),
-    }
+def _image_shape(draw: Any, mask: str) -> list[int]:
+    """C, H ≤ 3 and W ≤ 4 that the mask can split (C ≥ 2 for channels, H·W ≥ 2 for a checkerboard)."""
+    channels = draw(sizes(2 if mask == "channel" else 1, 3, name="channels"))
+    height = draw(sizes(1, 3, name="height"))
+    width = draw(sizes(2 if mask == "checkerboard" and height == 1 else 1, 4, name="width"))
+    return [channels, height, width]
 
 
 @st.composite
-def image_configs(draw: Any, affine: bool) -> dict[str, Any]:
-    """Configs on images (C, H, W ≤ 4) with a conv or an MLP conditioner."""
-    mask = draw(st.sampled_from(MASKS))
-    channels = draw(sizes(2 if mask == "channel" else 1, 4))
-    height = draw(sizes(1, 4))
-    width = draw(sizes(2 if mask == "checkerboard" and height == 1 else 1, 4))
-    conditioner = draw(st.sampled_from(["conv", "mlp"]))
-    return {
-        "shape": [channels, height, width], "mask": mask, "parity": draw(st.sampled_from([0, 1])),
-        "conditioner": conditioner, "context_dim": draw(CONTEXT_DIMS) if conditioner == "mlp" else 0,
-        **_network(draw, affine),
-    }
+def layer_configs(draw: Any, affine: bool) -> dict[str, Any]:
+    """Configs of either kind on vectors or images (module docstring)."""
+    conditioner, mask = draw(axis("conditioner_mask", CONDITIONER_MASKS)).split("/")
+    layout = "image" if conditioner == "conv" else draw(axis("layout", LAYOUTS))
+    parity = draw(axis("parity", PARITIES))
+    shape = _image_shape(draw, mask) if layout == "image" else [draw(sizes(2, 8, name="size"))]
+    context_dim = draw(axis("context_dim", CONTEXT_DIMS)) if conditioner == "mlp" else 0
+    return {"shape": shape, "mask": mask, "parity": parity, "conditioner": conditioner, "context_dim": context_dim,
+            **_network(draw, affine)}
+
+
+@st.composite
+def _vector_configs(draw: Any, affine: bool, d: int, context_dim: int) -> dict[str, Any]:
+    return {"shape": [d], "mask": draw(axis("mask", MASKS)), "parity": draw(axis("parity", PARITIES)),
+            "conditioner": "mlp", "context_dim": context_dim, **_network(draw, affine)}
 
 
 def child_configs(shape: list[int], context_dim: int, affine: bool) -> st.SearchStrategy | None:
     """Configs of a layer on vectors of ``shape`` ``[D]`` for sequences (None for D < 2)."""
     (d,) = shape
-    return None if d < 2 else vector_configs(affine, st.just(d), st.just(context_dim))
+    return None if d < 2 else _vector_configs(affine, d, context_dim)
+
+
+def in_regime(spec: FlowSpec, regime: str) -> FlowSpec:
+    """``spec`` with its conditioner's last layer scaled by :data:`RAW_FACTOR` in the ``large`` regime."""
+    if regime == "init":
+        return spec
+    last = f"net.{2 * parse_config(spec.config, spec.kind == 'affine_coupling').depth}"
+    scaled = {f"{last}.weight": RAW_FACTOR * spec.params[f"{last}.weight"],
+              f"{last}.bias": RAW_FACTOR * spec.params[f"{last}.bias"]}
+    return FlowSpec(spec.kind, spec.config, {**spec.params, **scaled})
+
+
+def _specs(kind: str) -> st.SearchStrategy:
+    return st.builds(in_regime, from_configs(kind, layer_configs(kind == "affine_coupling")), axis("regime", REGIMES))
 
 
 @register_specs("additive_coupling")
 def _additive():
-    return from_configs("additive_coupling", st.one_of(vector_configs(False), image_configs(False)))
+    return _specs("additive_coupling")
 
 
 @register_specs("affine_coupling")
 def _affine():
-    return from_configs("affine_coupling", st.one_of(vector_configs(True), image_configs(True)))
+    return _specs("affine_coupling")
+
+
+declare_axes(KINDS, conditioner_mask=CONDITIONER_MASKS, layout=LAYOUTS, parity=PARITIES, size=range(2, 9),
+             channels=range(1, 4), height=range(1, 4), width=range(1, 5), context_dim=CONTEXT_DIMS,
+             hidden=range(1, 9), depth=DEPTHS, activation=sorted(ACTIVATIONS), regime=REGIMES)
+declare_axes("affine_coupling", scale_factor=SCALE_FACTORS)
 
 
 @prop("coupling_jacobian_structure", requires=["black_box"], kinds=KINDS)

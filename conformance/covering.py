@@ -128,13 +128,13 @@ def begin_example(data: Any) -> None:
 
     Pinned values are not hypothesis' own choices, so two examples that began with the same choices
     could continue differently, which hypothesis reports as a flaky strategy. A first draw from 2⁶³
-    values makes every example's choice sequence new. The salt also enters every array and parameter
-    drawn from a seed (:func:`salt`), so that hypothesis' first, minimal example (seed 0) differs
-    from run to run.
+    values makes every example's choice sequence new. The salt (that draw mixed with the run's key)
+    also enters every array and parameter drawn from a seed (:func:`salt`), so that hypothesis'
+    first, minimal example (every seed 0) differs from run to run.
     """
     plan = _CURRENT.get()
     if plan is not None and plan.pinned:
-        plan.salt = data.draw(SALTS, label="example salt")
+        plan.salt = seed_for("salt", *plan.run, data.draw(SALTS, label="example salt"))
 
 
 def salt() -> int:
@@ -143,22 +143,23 @@ def salt() -> int:
     return 0 if plan is None else plan.salt
 
 
+@st.composite
+def _choose(draw: Any, name: str, values: tuple[Any, ...]) -> Any:
+    plan = _CURRENT.get()
+    if plan is not None and plan.pinned:
+        value = values[plan.index(name, values)]
+    else:
+        value = draw(st.sampled_from(values))
+    if plan is not None:
+        plan.coverage.note(name, values, value)
+    return value
+
+
 def axis(name: str, values: Sequence[Any]) -> st.SearchStrategy:
     """A discrete choice among ``values``, pinned by the covering design under the ci profile and
-    recorded in the run's coverage (module docstring). Use it for every discrete config choice."""
+    recorded in the run's coverage (module docstring). Use it for every discrete config choice.
+    (The composite is defined once: decorating one per call costs more than the draw itself.)"""
     values = tuple(values)
     if not values:
         raise ValueError(f"axis {name!r} has no values")
-
-    @st.composite
-    def choose(draw: Any) -> Any:
-        plan = _CURRENT.get()
-        if plan is not None and plan.pinned:
-            value = values[plan.index(name, values)]
-        else:
-            value = draw(st.sampled_from(values))
-        if plan is not None:
-            plan.coverage.note(name, values, value)
-        return value
-
-    return choose()
+    return _choose(name, values)

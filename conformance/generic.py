@@ -9,12 +9,14 @@ depend on the rest of its batch, and bad input raises a clear error.
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import assume
 
 from flowspec import reference, registry
 
 from . import finite_diff, strategies
 from .property import CheckContext, PropertyFailure, prop
 from .strategies import event_size
+from .tolerances import MAX_CONDITION
 
 
 def _draw(ctx: CheckContext, batch: int = strategies.BATCH):
@@ -187,3 +189,105 @@ def _expect_error(ctx: CheckContext, errors: tuple, direction: str, name: str, c
             f"{direction} with {name} raised {type(exc).__name__} ({exc}), not one of {[e.__name__ for e in errors]}"
         ) from exc
     raise PropertyFailure(f"{direction} with {name} returned without an error")
+
+
+# ----------------------------------------------------------------------------- the inverse direction
+
+@prop("inverse_logdet_matches_reference", requires=["white_box", "inverse_logdet"])
+def inverse_logdet_matches_reference(ctx: CheckContext) -> None:
+    """The implementation's inverse direction (x̂, log|det ∂x/∂z|) at z = f(x) from the reference:
+    x̂ equals x and log|det ∂x/∂z| equals −log|det ∂z/∂x| of the reference at x (inverse function
+    theorem), deterministic log-dets only (:func:`~.state.draw_deterministic`)."""
+    from .state import draw_deterministic
+
+    spec, x, c = draw_deterministic(ctx)
+    z = reference.forward(spec, x, c)  # x is the reference's preimage of z (to z's rounding, within κ)
+    x_hat, logdet = ctx.adapter.inverse_with_logdet(ctx.load(spec), z, c)
+    jacobians = reference.jacobian(spec, x, c)  # the reference's log|det| is slogdet of its Jacobian
+    kappa = ctx.condition(spec, x, c, jacobians)
+    size = event_size(spec)
+    ctx.assert_close(x_hat, x, "inverse", size, "x of the inverse direction", kappa)
+    ctx.assert_close(logdet, -np.linalg.slogdet(jacobians)[1], "logdet", size,
+                     "log|det ∂x/∂z| vs −log|det ∂z/∂x| of the reference", kappa)
+
+
+@prop("inverse_logdet_matches_fd_jacobian", requires=["black_box", "inverse", "inverse_logdet"])
+def inverse_logdet_matches_fd_jacobian(ctx: CheckContext) -> None:
+    """The implementation's inverse direction (x, log|det ∂x/∂z|) at drawn latents z: x equals its
+    inverse(z), log|det ∂x/∂z| equals slogdet of a Richardson central-difference Jacobian of its
+    inverse at z and −log|det ∂z/∂x| of its own forward at x (deterministic log-dets only)."""
+    from .state import stochastic_logdet
+
+    spec = ctx.draw_spec()
+    assume(not stochastic_logdet(spec))
+    z = ctx.draw_input(spec, strategies.MAGNITUDES, batch=2, latent=True, name="latent magnitude")
+    c = ctx.draw_context(spec, 2)
+    flow = ctx.instantiate(spec)
+    x, logdet = ctx.adapter.inverse_with_logdet(flow, z, c)
+    jacobians = fd_jacobians(ctx, flow, spec, z, c, inverse=True)
+    kappa = max(ctx.condition(spec, z, c, jacobians), _absolute_condition(jacobians))
+    assume(kappa <= MAX_CONDITION[ctx.dtype])
+    size = event_size(spec)
+    ctx.assert_close(x, ctx.adapter.inverse(flow, z, c), "inverse", size, "x of the inverse direction vs inverse",
+                     kappa)
+    sign, expected = np.linalg.slogdet(jacobians)
+    ctx.require(bool(np.all(sign != 0)), "finite-difference Jacobian of the inverse is singular")
+    ctx.assert_close(logdet, expected, "fd_logdet", size, "log|det ∂x/∂z| vs finite differences of the inverse",
+                     kappa)
+    ctx.assert_close(logdet, -ctx.adapter.forward(flow, x, c)[1], "logdet", size,
+                     "log|det ∂x/∂z| vs −log|det ∂z/∂x| of the forward at x", kappa)
+
+
+def _absolute_condition(jacobians: np.ndarray) -> float:
+    """max over the batch of ‖J⁻¹‖₂·max(1, ‖J‖₂): how much log|det J| = log|det| of entries known to
+    a tolerance relative to max(1, |J|) (finite differences) can move, per unit of that tolerance and
+    of D (δ log|det J| = tr(J⁻¹ δJ)). It is the condition number κ where ‖J‖ ≥ 1 and larger for a
+    contracting J (an inverse direction that shrinks, whose central differences are rounded relative
+    to its values, not to its small derivatives)."""
+    singular = np.linalg.svd(jacobians, compute_uv=False)
+    smallest = singular[:, -1]
+    if not np.all(smallest > 0):
+        return float("inf")
+    return float(np.max(np.maximum(1.0, singular[:, 0]) / smallest))
+
+
+def _bounded_codomain(kind: str) -> bool:
+    k = registry.get(kind)
+    return k.codomain_fn is not None or k.codomain.low is not None or k.codomain.high is not None
+
+
+def _beyond_codomain(domain, dtype: str) -> dict[str, float]:
+    """Latent values outside the open codomain: each finite bound where the dtype represents it
+    exactly (elsewhere the rounded bound may lie inside), and a value one unit (relative to the
+    bound) beyond it."""
+    values = {}
+    for side, bound, outward in (("upper", domain.high, 1.0), ("lower", domain.low, -1.0)):
+        if bound is None:
+            continue
+        if float(finite_diff.ROUND[dtype](bound)) == bound:
+            values[f"the {side} bound {bound}"] = bound
+        beyond = bound + outward * max(1.0, abs(bound))
+        values[f"{beyond} beyond the {side} bound"] = beyond
+    return values
+
+
+@prop("inverse_rejects_out_of_codomain", requires=["black_box", "inverse"], kinds=_bounded_codomain)
+def inverse_rejects_out_of_codomain(ctx: CheckContext) -> None:
+    """A latent entry on or beyond the bound of the kind's codomain (sigmoid: (0, 1); logit with
+    α > 0: (logit α, logit(1 − α))) has no preimage: the inverse (and the inverse direction's
+    log-det, where the adapter has it) raises the declared input error, never a silent value. A
+    config whose codomain is unbounded has no such value and passes trivially."""
+    spec = ctx.draw_spec()
+    z = ctx.draw_input(spec, strategies.MAGNITUDES, latent=True, name="latent magnitude")
+    c = ctx.draw_context(spec)
+    flow = ctx.instantiate(spec)
+    caps = ctx.adapter.capabilities()
+    calls = {"inverse": ctx.adapter.inverse}
+    if caps.has("inverse_logdet"):
+        calls["inverse with log-det"] = ctx.adapter.inverse_with_logdet
+    for name, value in _beyond_codomain(registry.get(spec.kind).codomain_of(spec.config), ctx.dtype).items():
+        bad = z.copy()
+        bad.flat[0] = value
+        for direction, call in calls.items():
+            _expect_error(ctx, caps.input_errors, direction, f"entry {name}", lambda: call(flow, bad, c))
+    ctx.record(0.0, 0.0)

@@ -1,10 +1,11 @@
 """Spec strategies for the channel permutations.
 
-``perm`` is drawn half of the time as a single cycle through all C channels (no fixed point, and
-for C ≥ 3 not its own inverse, so that an inverse that applies perm again is caught) and half of
-the time uniformly among all permutations. The ``permutation`` kind is drawn with C ≥ 3 channels:
-for C ≤ 2 every permutation is the identity or the reversal, which ``reverse_permutation`` covers
-from C = 1.
+``perm`` has a drawn cycle type (axis ``cycles``): ``single``, one cycle through all C channels (no
+fixed point, and for C ≥ 3 not its own inverse, so that an inverse that applies perm again is
+caught); ``uniform``, any permutation; ``involution``, disjoint transpositions (its own inverse,
+like the reversal). The ``permutation`` kind is drawn with C ≥ 3 channels: for C ≤ 2 every
+permutation is the identity or the reversal, which ``reverse_permutation`` covers from C = 1.
+Shapes are those of :mod:`.elementwise` (axes ``layout`` and sizes).
 """
 from __future__ import annotations
 
@@ -13,30 +14,33 @@ from typing import Sequence
 import numpy as np
 from hypothesis import strategies as st
 
-from .elementwise import SHAPES
+from .covering import axis, declare_axes, salt
+from .elementwise import SHAPES, event_shapes, shape_axes
 from .seeding import rng
-from .strategies import SEEDS, config, from_configs, register_specs, sizes
+from .strategies import SEEDS, config, from_configs, register_specs
 
+CYCLES = ("single", "uniform", "involution")
 # (C,) or (C, H, W) with C ≥ 3 (module docstring).
-AT_LEAST_THREE_CHANNELS = st.one_of(
-    st.lists(sizes(3, 6), min_size=1, max_size=1),
-    st.tuples(sizes(3, 4), sizes(1, 3), sizes(1, 3)).map(list),
-)
+AT_LEAST_THREE = dict(vector=(3, 6), channels=(3, 4), sides=(1, 3))
 
 
-def _perm(channels: int, seed: int, cyclic: bool) -> list[int]:
-    order = rng("perm", seed).permutation(channels)
-    if not cyclic:
-        return [int(i) for i in order]
-    perm = np.empty(channels, dtype=int)
-    perm[order] = np.roll(order, -1)  # order[k] → order[k + 1]: one cycle through every channel
+def _perm(channels: int, seed: int, cycles: str) -> list[int]:
+    order = rng("perm", salt(), seed).permutation(channels)
+    perm = np.arange(channels)
+    if cycles == "uniform":
+        perm = order
+    elif cycles == "single":
+        perm[order] = np.roll(order, -1)  # order[k] → order[k + 1]: one cycle through every channel
+    else:
+        pairs = order[: channels // 2 * 2].reshape(-1, 2)
+        perm[pairs[:, 0]], perm[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
     return [int(i) for i in perm]
 
 
 def permutation_configs(shape: Sequence[int]) -> st.SearchStrategy:
     """Configs ``{"shape": shape, "perm": ...}`` of the ``permutation`` kind (module docstring)."""
-    return st.builds(lambda seed, cyclic: {"shape": list(shape), "perm": _perm(shape[0], seed, cyclic)},
-                     SEEDS, st.sampled_from([True, False]))
+    return st.builds(lambda seed, cycles: {"shape": list(shape), "perm": _perm(shape[0], seed, cycles)},
+                     SEEDS, axis("cycles", CYCLES))
 
 
 @register_specs("reverse_permutation")
@@ -46,4 +50,8 @@ def _reverse():
 
 @register_specs("permutation")
 def _permutation():
-    return from_configs("permutation", AT_LEAST_THREE_CHANNELS.flatmap(permutation_configs))
+    return from_configs("permutation", event_shapes(**AT_LEAST_THREE).flatmap(permutation_configs))
+
+
+declare_axes("reverse_permutation", **shape_axes())
+declare_axes("permutation", **shape_axes(**AT_LEAST_THREE), cycles=CYCLES)

@@ -71,11 +71,20 @@ class CheckContext:
         return self.adapter.load(spec, self.dtype, self.device)
 
     def instantiate(self, spec: FlowSpec) -> Any:
-        """Black-box: a flow of the same kind and config (loaded if the adapter can, else instantiated)."""
+        """Black-box: a flow of the same kind and config (loaded if the adapter can, else instantiated).
+
+        Where the adapter has ``parameters``, the instantiated flow's trainable parameters are then
+        set to the spec's (canonical names, as a user's in-place edit sets them), so that the
+        strategies' parameter regimes (large log-scales, wᵀû near −1, ...) reach black-box checks too."""
         caps = self.adapter.capabilities()
         if "white_box" in caps.modes:
             return self.load(spec)
-        return self.adapter.instantiate(spec.kind, spec.config, seed_for(spec.to_json()), self.dtype, self.device)
+        flow = self.adapter.instantiate(spec.kind, spec.config, seed_for(spec.to_json()), self.dtype, self.device)
+        if caps.has("parameters"):
+            drawn = spec.flat_params()
+            self.adapter.set_parameters(flow, {name: np.array(drawn[name]) for name in self.adapter.parameters(flow)
+                                               if name in drawn})
+        return flow
 
     # ------------------------------------------------------------------ comparing
     def record(self, error: float, tol: float) -> float:

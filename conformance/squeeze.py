@@ -1,22 +1,31 @@
 """Spec strategies for squeeze and the property pinning its channel order, plus the image configs
-shared by the suite's image kinds."""
+shared by the suite's image kinds.
+
+Axes: ``channels``, ``height`` and ``width`` (every size, odd and even; squeeze takes even sides
+only, 2 or 4, so that a patch order mistake shows both within and across rows of patches).
+"""
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import strategies as st
 
+from .covering import axis, declare_axes
 from .finite_diff import ROUND
 from .property import CheckContext, prop
 from .strategies import config, event_size, from_configs, register_specs, sizes
 
 # Images (C, H, W) with C ≤ 4 and H, W ≤ 3 (D ≤ 36).
-IMAGE_CONFIGS = config(channels=sizes(1, 4), height=sizes(1, 3), width=sizes(1, 3))
+IMAGE_AXES = {"channels": range(1, 5), "height": range(1, 4), "width": range(1, 4)}
+IMAGE_CONFIGS = config(**{name: sizes(min(values), max(values), name=name) for name, values in IMAGE_AXES.items()})
+SQUEEZE_SIDES = (2, 4)
 
 
 @register_specs("squeeze")
 def _squeeze():
-    even = st.sampled_from([2, 4])
-    return from_configs("squeeze", config(channels=sizes(1, 3), height=even, width=even))
+    return from_configs("squeeze", config(channels=sizes(1, 3, name="channels"), height=axis("height", SQUEEZE_SIDES),
+                                          width=axis("width", SQUEEZE_SIDES)))
+
+
+declare_axes("squeeze", channels=range(1, 4), height=SQUEEZE_SIDES, width=SQUEEZE_SIDES)
 
 
 def squeezed_by_index(x: np.ndarray) -> np.ndarray:

@@ -5,6 +5,14 @@ split evenly over the hypothesis examples it can run (:func:`per_example_alpha`:
 ``max_examples`` of the suite's profiles), so that a correct implementation fails a test with
 probability at most 1e-6 whatever the profile.
 
+* :func:`subgamma_halfwidth` / :func:`subgamma_samples`: a confidence interval for the mean of n
+  independent variables that are sub-gamma with variance factor v and scale c on both tails
+  (log E e^{λ(X−μ)} ≤ λ²v / (2(1 − c|λ|))): the mean strays from μ by more than
+  h = √(2v·t/n) + c·t/n, t = log(2/α), with probability at most α (Bernstein's inequality in the form
+  of Boucheron, Lugosi and Massart, *Concentration Inequalities*, Thm 2.3 with a union over the two
+  tails). A bounded variable, |X − μ| ≤ b, with variance σ² is sub-gamma with v = σ² and c = b/3,
+  so h is within a few per cent of the normal approximation's once n ≫ (b/σ)²; the sample size is
+  fixed before sampling (:func:`subgamma_samples`), never adapted to what was seen.
 * :func:`mom_plan` / :func:`median_of_means`: a confidence interval for a mean from independent
   groups, valid for any distribution with a finite variance (no normality, no boundedness: the
   roulette estimator is skewed and unbounded). A group mean strays by more than h = √(Var/p) with
@@ -31,6 +39,22 @@ CHEBYSHEV_LEVELS = (0.05, 0.1, 0.15, 0.2, 0.25)
 def per_example_alpha(total: float = TEST_ALPHA) -> float:
     """The false-alarm rate of one hypothesis example: ``total`` over the most examples a profile runs."""
     return total / max(p.max_examples for p in profiles.PROFILES.values())
+
+
+def subgamma_halfwidth(variance_factor: float, scale: float, n: int, alpha: float) -> float:
+    """h with P(|X̄_n − μ| > h) ≤ alpha for the mean of n independent sub-gamma(v, c) variables
+    (module docstring): √(2v·t/n) + c·t/n with t = log(2/alpha)."""
+    t = float(np.log(2.0 / alpha))
+    return float(np.sqrt(2.0 * variance_factor * t / n) + scale * t / n)
+
+
+def subgamma_samples(variance_factor: float, scale: float, alpha: float, target: float, step: int, cap: int) -> int:
+    """The smallest multiple of ``step`` (at most ``cap``, itself a multiple of it) whose
+    :func:`subgamma_halfwidth` is ≤ ``target``: a sample size fixed before any sample is seen."""
+    for n in range(step, cap + 1, step):
+        if subgamma_halfwidth(variance_factor, scale, n, alpha) <= target:
+            return n
+    return cap
 
 
 def median_groups(p: float, alpha: float) -> int:

@@ -15,7 +15,8 @@ condition number of the Jacobian. Finite-difference Jacobians (black-box mode) a
 ``ε^(4/5)`` with a two-level Richardson extrapolation at step ``ε^(1/5)`` (truncation ``h⁴`` balanced
 against rounding ``ε/h``), so their tolerance is built on ``ε^(4/5)`` instead of ``ε``. Norm bounds
 that rest on a power-iteration estimate stopped at a relative change of order ``√ε`` are built on
-``√ε`` (base ``"sqrt"``).
+``√ε`` (base ``"sqrt"``); central differences of a map that runs such an iteration in every
+forward carry its error divided by the step, ``√ε/ε^(1/5) = ε^(3/10)`` (base ``"fd_iterative"``).
 
 **Conditioning.** Rows marked ``conditioned`` (inverses, round trips, log-determinants) are also
 multiplied by the 2-norm condition number κ of the Jacobian at the drawn point (the reference's in
@@ -44,7 +45,8 @@ EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.
 class Rule:
     multiplier: float
     exponent: float
-    base: str = "eps"  # "eps", "fd" (ε^(4/5), finite differences) or "sqrt" (ε^(1/2), power iteration)
+    base: str = "eps"  # "eps", "fd" (ε^(4/5), finite differences), "sqrt" (ε^(1/2), power iteration) or
+    # "fd_iterative" (ε^(3/10): finite differences of a map that runs a power iteration, √ε / ε^(1/5))
     why: str = ""
     conditioned: bool = False  # multiplied by the Jacobian's condition number (module docstring)
 
@@ -60,9 +62,27 @@ TABLE: dict[str, Rule] = {
                       conditioned=True),
     "fd_jacobian": Rule(64.0, 0.5, base="fd", why="entries of a Richardson central-difference Jacobian"),
     "norm_bound": Rule(8.0, 0.0, base="sqrt", why="relative gap between a norm and its power-iteration estimate "
-                       "stopped at a change of √ε/16 (the gap is about change/(1 − r²), r the singular-value ratio)"),
+                       "stopped at a change of √ε/16 (the gap is about change/(1 − r²), r the singular-value ratio, "
+                       "≈ 3√ε at r = 0.99); also the cap on the tolerance an estimate may claim (conformance.lipschitz): "
+                       "looser claims are checked at this row"),
     "estimate": Rule(256.0, 1.0, why="a stochastic log-det estimate or its gradient for a given probe and "
-                     "draw: a series of probe–Jacobian products, each a sum over D, weighted by 1/P(N ≥ k)"),
+                     "draw: a series of probe–Jacobian products, each a sum over D, weighted by 1/P(N ≥ k); "
+                     "estimates are compared relative to the size of their weighted terms, which heavy draws of "
+                     "N make large and cancellation can hide"),
+    "fixed_point": Rule(64.0, 0.5, why="a fixed-point solve's rounding error relative to max(‖y‖, 1): each step's "
+                        "rounding (as a forward value's) accumulated over the iterations, amplified by "
+                        "1/(1 − L), which the condition number bound (1 + L)/(1 − L) of I + J_g covers",
+                        conditioned=True),
+    "fd_grad": Rule(256.0, 1.0, base="fd", why="a gradient against finite differences: an N(0, 1)-weighted sum "
+                    "over the D outputs and the log-det of Richardson central-difference derivatives (each "
+                    "within the fd_jacobian row), or one such derivative of a loss along a unit direction; "
+                    "the log-det being differenced is itself rounded relative to κ", conditioned=True),
+    "fd_grad_iterative": Rule(1.0, 1.0, base="fd_iterative", why="as fd_grad, for a map whose every forward "
+                              "normalises by a power-iteration estimate stopped at a relative change of order √ε: "
+                              "the loss carries that error, which central differences at step ε^(1/5) divide by "
+                              "the step", conditioned=True),
+    "inverse_grad": Rule(1024.0, 1.0, why="a gradient through an inverse: J⁻ᵀw solves with the Jacobian, "
+                         "which amplifies rounding by its condition number", conditioned=True),
 }
 
 
@@ -79,7 +99,7 @@ def tolerance(quantity: str, dtype: str, size: int, condition: float = 1.0) -> f
     """The tolerance for ``quantity`` at ``dtype`` for samples of ``size`` entries, at a Jacobian of
     condition number ``condition`` for the conditioned rows (module docstring)."""
     rule = TABLE[quantity]
-    eps = EPS[dtype] ** {"eps": 1.0, "fd": 0.8, "sqrt": 0.5}[rule.base]
+    eps = EPS[dtype] ** {"eps": 1.0, "fd": 0.8, "sqrt": 0.5, "fd_iterative": 0.3}[rule.base]
     scale = min(max(float(condition), 1.0), MAX_CONDITION[dtype]) if rule.conditioned else 1.0
     return rule.multiplier * eps * max(int(size), 1) ** rule.exponent * scale
 

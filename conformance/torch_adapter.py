@@ -6,12 +6,25 @@ white-box mode needs ``builder(spec) -> module`` whose named parameters carry th
 black-box mode ``instantiator(kind, config, seed) -> module``. Hooks are methods of the module with
 the hook's name, called with tensors converted from the suite's arrays.
 
+The protocol's state and mode operations (:mod:`.adapter`) are those of any ``nn.Module``:
+``forward(grad=True)`` runs with autograd enabled and an input that requires gradients;
+``set_training`` is ``module.train()`` / ``module.eval()``; ``save_state`` / ``load_state`` are a
+``torch.save`` of ``state_dict()`` into bytes and ``load_state_dict`` (strict); ``convert`` is
+``module.to(dtype)``; ``parameters`` / ``set_parameters`` read and overwrite the tensors of
+``module.spec_parameters()`` (else its trainable named parameters) in place under ``no_grad`` with
+``copy_``, as an optimiser step does; ``reseed`` is ``torch.manual_seed``; ``inverse_vjp`` is
+autograd through ``module.inverse``. Two are optional: ``fresh`` needs a ``fresh(kind, config,
+seed) -> module`` callable (a module before its data-dependent initialisation), and
+``inverse_logdet`` a module method ``inverse_and_logdet(z, context) -> (x, log|det ∂x/∂z|)``, named
+in ``hooks``.
+
 While the suite checks, :meth:`checking` pins deterministic convolution algorithms and turns TF32
 off (on CUDA, TF32 matmuls would otherwise hide or fake small errors).
 """
 from __future__ import annotations
 
 import contextlib
+import io
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -19,6 +32,10 @@ import numpy as np
 from flowspec.spec import FlowSpec
 
 from .adapter import Adapter, Array, Capabilities, NotSupported
+
+# The requirements every torch module meets through this adapter (module docstring).
+MODULE_REQUIREMENTS = frozenset({"inverse", "grad", "inverse_grad", "train_eval", "state", "convert", "parameters",
+                                 "reseed"})
 
 
 @contextlib.contextmanager
@@ -67,17 +84,21 @@ class TorchFlowAdapter(Adapter):
         kinds: Callable[[], set[str]] | set[str],
         builder: Callable[[FlowSpec], Any] | None = None,
         instantiator: Callable[[str, Mapping[str, Any], int], Any] | None = None,
+        fresh: Callable[[str, Mapping[str, Any], int], Any] | None = None,
         hooks: set[str] = frozenset(),
         input_errors: tuple[type[BaseException], ...] = (Exception,),
         white_box: bool = True,
+        native_direction: str = "forward",
     ):
         self.name = name
         self._kinds = kinds
         self._builder = builder
         self._instantiator = instantiator
-        self._hooks = frozenset({"inverse", "grad"} | set(hooks))
+        self._fresh = fresh
+        self._hooks = frozenset(MODULE_REQUIREMENTS | set(hooks) | ({"fresh"} if fresh is not None else set()))
         self._input_errors = input_errors
         self._white_box = white_box and builder is not None
+        self._native_direction = native_direction
 
     def capabilities(self) -> Capabilities:
         import torch
@@ -89,7 +110,7 @@ class TorchFlowAdapter(Adapter):
         devices = {"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"}
         return Capabilities(
             kinds=frozenset(kinds), devices=frozenset(devices), modes=frozenset(modes),
-            hooks=self._hooks, input_errors=self._input_errors,
+            hooks=self._hooks, input_errors=self._input_errors, native_direction=self._native_direction,
         )
 
     # ------------------------------------------------------------------ building
@@ -107,6 +128,11 @@ class TorchFlowAdapter(Adapter):
         if self._instantiator is None:
             raise NotSupported(f"{self.name} cannot instantiate flows without a FlowSpec")
         return self._place(self._instantiator(kind, config, seed), dtype, device)
+
+    def fresh(self, kind: str, config: Mapping[str, Any], seed: int, dtype: str, device: str) -> Any:
+        if self._fresh is None:
+            return super().fresh(kind, config, seed, dtype, device)
+        return self._place(self._fresh(kind, config, seed), dtype, device)
 
     # ------------------------------------------------------------------ conversion
     @staticmethod
@@ -136,11 +162,13 @@ class TorchFlowAdapter(Adapter):
         return None if context is None else self.tensor(module, context, raw=raw)
 
     # ------------------------------------------------------------------ calls
-    def forward(self, flow: Any, x: Array, context: Array | None = None, *, raw: bool = False) -> tuple[Array, Array]:
+    def forward(self, flow: Any, x: Array, context: Array | None = None, *, raw: bool = False,
+                grad: bool = False) -> tuple[Array, Array]:
         import torch
 
-        with torch.no_grad():
-            z, logdet = flow(self.tensor(flow, x, raw=raw), self._context(flow, context, raw))
+        with torch.enable_grad() if grad else torch.no_grad():
+            xt = self.tensor(flow, x, raw=raw, requires_grad=grad and not raw)
+            z, logdet = flow(xt, self._context(flow, context, raw))
         return self.array(z), self.array(logdet)
 
     def inverse(self, flow: Any, z: Array, context: Array | None = None, *, raw: bool = False) -> Array:
@@ -149,17 +177,42 @@ class TorchFlowAdapter(Adapter):
         with torch.no_grad():
             return self.array(flow.inverse(self.tensor(flow, z, raw=raw), self._context(flow, context, raw)))
 
+    def inverse_with_logdet(self, flow: Any, z: Array, context: Array | None = None) -> tuple[Array, Array]:
+        import torch
+
+        if "inverse_logdet" not in self._hooks or not hasattr(flow, "inverse_and_logdet"):
+            return super().inverse_with_logdet(flow, z, context)
+        with torch.no_grad():
+            x, logdet = flow.inverse_and_logdet(self.tensor(flow, z), self._context(flow, context, False))
+        return self.array(x), self.array(logdet)
+
     def vjp(self, flow, x, z_weight, logdet_weight, context=None):
         import torch
 
         params = self.spec_parameters(flow)
         xt = self.tensor(flow, x, requires_grad=True)
-        z, logdet = flow(xt, self._context(flow, context, False))
-        loss = (z * self.tensor(flow, z_weight)).sum() + (logdet * self.tensor(flow, logdet_weight)).sum()
+        with torch.enable_grad():
+            z, logdet = flow(xt, self._context(flow, context, False))
+            loss = (z * self.tensor(flow, z_weight)).sum() + (logdet * self.tensor(flow, logdet_weight)).sum()
+        return self._grads(loss, params, xt)
+
+    def inverse_vjp(self, flow, z, x_weight, context=None):
+        import torch
+
+        params = self.spec_parameters(flow)
+        zt = self.tensor(flow, z, requires_grad=True)
+        with torch.enable_grad():
+            loss = (flow.inverse(zt, self._context(flow, context, False)) * self.tensor(flow, x_weight)).sum()
+        return self._grads(loss, params, zt)
+
+    def _grads(self, loss: Any, params: dict[str, Any], wrt: Any) -> tuple[dict[str, Array], Array]:
+        """Gradients of ``loss`` w.r.t. ``params`` (zeros for those it does not depend on) and ``wrt``."""
+        import torch
+
         names = list(params)
-        grads = torch.autograd.grad(loss, [params[n] for n in names] + [xt], allow_unused=True)
+        grads = torch.autograd.grad(loss, [params[n] for n in names] + [wrt], allow_unused=True)
         out = {n: (np.zeros(tuple(params[n].shape)) if g is None else self.array(g)) for n, g in zip(names, grads)}
-        return out, self.array(grads[-1])
+        return out, (np.zeros(tuple(wrt.shape)) if grads[-1] is None else self.array(grads[-1]))
 
     def spec_parameters(self, flow: Any) -> dict[str, Any]:
         """Tensors w.r.t. which gradients are compared, by canonical dotted name.
@@ -195,6 +248,51 @@ class TorchFlowAdapter(Adapter):
         if isinstance(result, dict):
             return {k: self._arrays(v) for k, v in result.items()}
         return result
+
+    # ------------------------------------------------------------------ state and modes
+    def set_training(self, flow: Any, training: bool) -> None:
+        flow.train(bool(training))
+
+    def save_state(self, flow: Any) -> bytes:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(flow.state_dict(), buffer)
+        return buffer.getvalue()
+
+    def load_state(self, flow: Any, state: bytes) -> None:
+        import torch
+
+        dtype, device = self._ref(flow)
+        flow.load_state_dict(torch.load(io.BytesIO(state), map_location=device, weights_only=True))
+
+    def convert(self, flow: Any, dtype: str) -> Any:
+        import torch
+
+        return flow.to(getattr(torch, dtype))
+
+    def parameters(self, flow: Any) -> dict[str, Array]:
+        return {name: self.array(t).copy() for name, t in self.spec_parameters(flow).items()}
+
+    def set_parameters(self, flow: Any, values: Mapping[str, Array]) -> None:
+        import torch
+
+        params = self.spec_parameters(flow)
+        unknown = sorted(set(values) - set(params))
+        if unknown:
+            raise KeyError(f"{type(flow).__name__} has no parameters {unknown}; it has {sorted(params)}")
+        with torch.no_grad():
+            for name, value in values.items():
+                target = params[name]
+                value = np.asarray(value)
+                if tuple(value.shape) != tuple(target.shape):
+                    raise ValueError(f"parameter {name!r} has shape {tuple(target.shape)}, got {value.shape}")
+                target.copy_(torch.as_tensor(value, dtype=target.dtype, device=target.device))
+
+    def reseed(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(int(seed))
 
     def checking(self, seed: int | None = None):
         return deterministic_torch(seed)

@@ -44,6 +44,7 @@ from flowspec.registry import Kind, register
 from flowspec.spec import FlowSpec
 
 from .conv import conv2d
+from .lipschitz import tanh
 
 FAMILY = "coupling"
 MASKS = ("channel", "checkerboard")
@@ -56,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
 AFFINE_DEFAULTS: dict[str, Any] = {**DEFAULTS, "scale_factor": 1.0}
 
 ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
-    "tanh": anp.tanh,
+    "tanh": tanh,
     "relu": lambda a: a * (a > 0),
     "elu": lambda a: anp.where(a > 0, a, anp.expm1(anp.minimum(a, 0.0))),
 }
@@ -216,7 +217,7 @@ def _halves(h: Any) -> tuple[Any, Any]:
 
 def log_scale(h: Any, cfg: CouplingConfig) -> Any:
     """s = scale_factor · tanh(s_raw), from the first half of the conditioner output."""
-    return cfg.scale_factor * anp.tanh(_halves(h)[0])
+    return cfg.scale_factor * tanh(_halves(h)[0])
 
 
 def additive_law(x: Any, h: Any, cfg: CouplingConfig) -> Any:

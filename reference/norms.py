@@ -121,31 +121,32 @@ def _identity_norm(n: int, p: float, q: float) -> float:
 
 
 def power_method_norm(matrix: np.ndarray, p: float, q: float, x0: np.ndarray, iterations: int = 200) -> float:
-    """The general power method for ‖W‖_{p→q} (Boyd 1974; Higham 1992) from ``x0``: a local maximum of
-    ‖Wx‖_q over the unit p-sphere, hence a lower bound of the norm. For p = q = 2 it is the ordinary
-    power iteration. Needs 1 < p, q < ∞ (the duality maps are then single-valued)."""
+    """The general power method for ‖W‖_{p→q} (Boyd 1974; Higham 1992) from ``x0``, one start per
+    column if ``x0`` is a matrix: a local maximum of ‖Wx‖_q over the unit p-sphere, hence a lower
+    bound of the norm (the best over the starts). For p = q = 2 it is the ordinary power iteration.
+    Needs 1 < p, q < ∞ (the duality maps are then single-valued). Every start runs until its iterate
+    stops moving (1e-15) or for ``iterations`` steps."""
     matrix = np.asarray(matrix, dtype=np.float64)
-    x = np.asarray(x0, dtype=np.float64)
-    x = x / vector_norm(x, p)
+    x = np.asarray(x0, dtype=np.float64).reshape(matrix.shape[1], -1)
+    x = x / vector_norm(x, p, axis=0)
     p_dual = dual_order(p)
-    best = 0.0
+    best = np.zeros(x.shape[1])
     for _ in range(iterations):
         y = matrix @ x
-        best = max(best, float(vector_norm(y, q)))
-        z = matrix.T @ _dual_vector(y, q)
-        x_new = _dual_vector(z, p_dual)
-        if np.allclose(x_new, x, rtol=0.0, atol=1e-15):
-            break
+        best = np.maximum(best, vector_norm(y, q, axis=0))
+        x_new = _dual_vector(matrix.T @ _dual_vector(y, q), p_dual)
+        moved = np.max(np.abs(x_new - x)) > 1e-15
         x = x_new
-    return max(best, float(vector_norm(matrix @ x, q)))
+        if not moved:
+            break
+    return float(max(np.max(best), np.max(vector_norm(matrix @ x, q, axis=0))))
 
 
 def _dual_vector(y: np.ndarray, q: float) -> np.ndarray:
-    """The unit-q*-norm vector d with dᵀy = ‖y‖_q (the gradient of ‖·‖_q at y), for 1 < q < ∞."""
-    norm = vector_norm(y, q)
-    if norm == 0.0:
-        return np.zeros_like(y)
-    return np.sign(y) * (np.abs(y) / norm) ** (q - 1.0)
+    """Column by column, the unit-q*-norm vector d with dᵀy = ‖y‖_q (the gradient of ‖·‖_q at y), for
+    1 < q < ∞ (zero columns stay zero)."""
+    norm = vector_norm(y, q, axis=0)
+    return np.sign(y) * (np.abs(y) / np.where(norm == 0.0, 1.0, norm)) ** (q - 1.0)
 
 
 def induced_norm_bracket(matrix: np.ndarray, p: float, q: float, *, starts: int = 16, seed: int = 0) -> tuple[float, float]:
@@ -172,8 +173,8 @@ def induced_norm_bracket(matrix: np.ndarray, p: float, q: float, *, starts: int 
         return value, value
     if 1.0 < p < np.inf:
         gen = np.random.default_rng(seed)
-        starts_list = [np.eye(n)[j] + 0.1 for j in range(n)] + [gen.standard_normal(n) for _ in range(starts)]
-        lower = max([lower] + [power_method_norm(matrix, p, q, x0) for x0 in starts_list])
+        columns = np.concatenate([np.eye(n) + 0.1, gen.standard_normal((starts, n)).T], axis=1)
+        lower = max(lower, power_method_norm(matrix, p, q, columns))
     else:
         signs = np.sign(np.random.default_rng(seed).standard_normal((starts, n))) + 0.0
         lower = max(lower, float(np.max(vector_norm(signs @ matrix.T, q, axis=1) / vector_norm(signs, p, axis=1))))

@@ -31,7 +31,7 @@ from flowspec.registry import Kind, register
 from flowspec.spec import FlowSpec
 
 from .elementwise import shape_of
-from .lipschitz import softplus
+from .lipschitz import softplus, tanh
 from .solve import bisect_increasing
 
 FAMILY = "planar"
@@ -59,7 +59,7 @@ def u_hat(u: Any, w: Any) -> Any:
 def planar_forward(spec: FlowSpec, x: Any, context: Any = None) -> Any:
     """f(x) = x + û·tanh(wᵀx + b) (eq. 15 with the reparameterised û)."""
     p = spec.params
-    return x + u_hat(p["u"], p["w"]) * anp.tanh(anp.dot(p["w"], x) + p["b"])
+    return x + u_hat(p["u"], p["w"]) * tanh(anp.dot(p["w"], x) + p["b"])
 
 
 def planar_inverse(spec: FlowSpec, z: Any, context: Any = None) -> Any:

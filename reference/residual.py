@@ -49,8 +49,16 @@ computes exactly what each choice estimates:
   (:func:`neumann_exact`); averaged over probes, ∂log|det(I + J_g)|/∂θ. The series estimator's
   gradient uses j = 0, …, m − 1 (the trace-derivative of its m value terms). With
   ``neumann_grad=False`` the gradient is the derivative of est(v, N) itself (eq. 7).
-* Variance (:func:`roulette_variance`): finite for the geometric p(N) iff ρ(J_g)² < 1 − q (the
-  k-th term grows like (ρ²/(1 − q))^k), infinite for the Poisson p(N) whenever ρ(J_g) > 0.
+* Variance (:func:`roulette_variance`, :func:`estimate_variance` for either estimator): finite for
+  the geometric p(N) iff ρ(J_g)² < 1 − q (the k-th term grows like (ρ²/(1 − q))^k), infinite for the
+  Poisson p(N) whenever ρ(J_g) > 0. Means (:func:`estimator_mean`: log|det| or S_m;
+  :func:`surrogate_mean`: the Neumann surrogate's tr((I + J_g)⁻¹J_g), which is not a log-det) and
+  sub-gamma constants of one estimate (:func:`concentration`, finite when ρ(J_g) < 1 − q) are what
+  the suite's statistical test is built from.
+* ``n_samples``: the forward's estimate is the mean of that many independent (probe, N) estimates.
+* ``inverse_rtol`` r (default 32ε/(1 − L), L = coeff^layers): the inverse returns x̂ with
+  ‖x̂ − f⁻¹(y)‖₂ ≤ L·r·max(‖y‖₂, 1) up to rounding, when its iteration converged and L bounds Lip(g)
+  in the 2-norm (p_0 = 2); ``inverse_max_iter`` caps the iteration (then ``ConvergenceError``).
 """
 from __future__ import annotations
 
@@ -497,6 +505,18 @@ def estimate_from_jacobian(config: Mapping[str, Any], jac: Any, v: Any, n: int, 
     return anp.sum(_coefficients(config, K, training) * hutchinson_terms(jac, v, K))
 
 
+def estimate_scale(config: Mapping[str, Any], jac: np.ndarray, v: np.ndarray, n: int, training: bool = True) -> float:
+    """‖v‖²·Σ_{k≤K} c_k‖J_g‖₂^k/k over the estimate's K terms, an upper bound of Σ_k c_k|a_k(v)|: the
+    size of what an estimate sums, to which its rounding error is relative (cancellation can make the
+    estimate itself much smaller, and heavy draws N make the terms much larger)."""
+    if setting(config, "logdet") == "exact":
+        return 1.0
+    K = value_terms(config, _check_n(config, n), training)
+    norm = float(spectral_norm(np.asarray(jac, dtype=np.float64))) if np.size(jac) else 0.0
+    terms = _coefficients(config, K, training) * norm ** np.arange(1, K + 1) / np.arange(1, K + 1)
+    return float(np.sum(np.asarray(v, dtype=np.float64) ** 2) * np.sum(terms))
+
+
 def logdet_estimate(spec: FlowSpec, x: np.ndarray, v: np.ndarray, n: int, training: bool = True) -> float:
     """The estimate of log|det ∂f/∂x| at one sample x for probe v (event-shaped) and draw n:
     slogdet for ``exact``, the m-term series for ``series`` (n unused), est(v, n) for ``roulette``."""
@@ -563,8 +583,11 @@ def _direct_gradient(spec: FlowSpec, x: np.ndarray, v: np.ndarray, n: int, train
 @contextmanager
 def _affine_g_allowed() -> Iterator[None]:
     """Silence autograd's notice that a gradient is identically zero: for an affine g (identity
-    activation) J_g does not depend on x, and ∂/∂x of a J_g quantity is exactly 0."""
-    with warnings.catch_warnings():
+    activation) J_g does not depend on x, and ∂/∂x of a J_g quantity is exactly 0. Also silence
+    overflow in the derivatives of saturated activations (σ(z)'s derivative through 1/(1 + e^{−z}),
+    whose square overflows for z below about −355): the quotient is then exactly the 0 it tends to, and
+    a non-finite result would still fail every comparison."""
+    with warnings.catch_warnings(), np.errstate(over="ignore"):
         warnings.filterwarnings("ignore", message="Output seems independent of input")
         yield
 
@@ -591,16 +614,41 @@ def logdet_estimates(spec: FlowSpec, x: np.ndarray, v: np.ndarray, n: Sequence[i
     return np.array([logdet_estimate(spec, x[i], v[i], int(n[i]), training) for i in range(x.shape[0])])
 
 
-# ----------------------------------------------------------------------------- variance
+# ----------------------------------------------------------------------------- moments of the estimators
+
+def estimator_mean(jac: np.ndarray, config: Mapping[str, Any], training: bool = True) -> float:
+    """E over (v, N) of the configured estimator at J_g = ``jac``: log|det(I + J_g)| for ``exact`` and
+    ``roulette`` (Theorem 1; the series converges for ρ(J_g) < 1), the m-term partial sum S_m for the
+    ``series`` (eq. 3: its bias is log|det| − S_m)."""
+    jac = np.asarray(jac, dtype=np.float64)
+    if setting(config, "logdet") == "series":
+        return float(np.sum(trace_terms(jac, exact_terms(config, training))))
+    return float(np.linalg.slogdet(np.eye(jac.shape[0]) + jac)[1])
+
+
+def surrogate_mean(jac: np.ndarray, config: Mapping[str, Any], training: bool = True) -> float:
+    """E over (v, N) of the Neumann-gradient surrogate wᵀJ_g v (eq. 8), the quantity whose gradient the
+    forward attaches, which is *not* a log-det estimate: Σ_j (−1)^j tr(J_g^{j+1}) over the gradient's
+    terms, i.e. tr((I + J_g)⁻¹J_g) for the roulette (every c_j·P(N ≥ j − m) = 1) and Σ_{j<m} for the
+    series. Returning it as the value biases the log-det by surrogate_mean − estimator_mean."""
+    jac = np.asarray(jac, dtype=np.float64)
+    dim = jac.shape[0]
+    if setting(config, "logdet") == "series":
+        m = exact_terms(config, training)
+        powers = [np.linalg.matrix_power(jac, j + 1) for j in range(m)]
+        return float(sum((-1.0) ** j * np.trace(p) for j, p in enumerate(powers)))
+    return float(np.trace(np.linalg.solve(np.eye(dim) + jac, jac)))
+
 
 @dataclass(frozen=True)
 class VarianceReport:
-    """The roulette estimator's variance at one J_g (see :func:`roulette_variance`).
+    """The variance of one estimate (one probe, one draw of N) at one J_g (:func:`estimate_variance`).
 
     ``finite`` says whether a finite variance is certified; ``variance`` is the double series summed
     to ``terms`` terms and ``variance_upper`` adds a rigorous bound of the rest (both inf when not
     finite). ``n_variance_upper`` bounds Var_N(E_v[est | N]), the part that a draw of N shared by a
-    batch does not average away. ``mean`` is log|det(I + J_g)|, ``rho`` the spectral radius.
+    batch does not average away. ``mean`` is the estimator's mean (:func:`estimator_mean`), ``rho``
+    the spectral radius.
     """
 
     finite: bool
@@ -631,8 +679,19 @@ def _power_bound(jac: np.ndarray, r: float, max_power: int) -> float | None:
     return None
 
 
+def estimate_variance(jac: np.ndarray, config: Mapping[str, Any], *, training: bool = True) -> VarianceReport:
+    """Variance of one estimate of the configured stochastic estimator at J_g = ``jac``: the roulette's
+    (:func:`roulette_variance`) or the series' (a finite sum of m² probe moments, exact)."""
+    if setting(config, "logdet") != "series":
+        return roulette_variance(jac, config, training=training)
+    jac = np.asarray(jac, dtype=np.float64)
+    m, probe = exact_terms(config, training), _choice(config, "probe", PROBES)
+    rho = float(np.max(np.abs(np.linalg.eigvals(jac)))) if jac.size else 0.0
+    return _variance_sum(jac, np.ones(m), probe, m, estimator_mean(jac, config, training), rho, tail=0.0, tail_n=0.0)
+
+
 def roulette_variance(jac: np.ndarray, config: Mapping[str, Any], *, training: bool = True,
-                      rel_tol: float = 1e-9, max_terms: int = 4096) -> VarianceReport:
+                      rel_tol: float = 1e-9, abs_tol: float = 1e-18, max_terms: int = 4096) -> VarianceReport:
     """Variance over (v, N) of one draw of the roulette estimator at J_g = ``jac``.
 
     E[est²] = Σ_{k,l≥1} c_{min(k,l)} E_v[a_k a_l] (term k is present iff N ≥ k − m, and
@@ -640,7 +699,9 @@ def roulette_variance(jac: np.ndarray, config: Mapping[str, Any], *, training: b
     (Gaussian; minus 2Σ_i A_ii B_ii for Rademacher). The sum is finite iff ρ(J)² < 1 − q for the
     geometric p(N); for the Poisson p(N), c_k grows faster than any geometric rate, so it is infinite
     unless J is nilpotent. The rest of the double sum beyond K terms is bounded through
-    ‖J^k‖ ≤ C·r^k (ρ < r < √(1 − q)) and c_{min(k,l)} ≤ √(c_k c_l).
+    ‖J^k‖ ≤ C·r^k (ρ < r < √(1 − q)) and c_{min(k,l)} ≤ √(c_k c_l); the sum is extended until that
+    bound is below rel_tol·variance or abs_tol·max(1, mean²) (a variance far below rounding needs no
+    more digits), ``variance_upper`` staying a rigorous upper bound either way.
     """
     jac = np.asarray(jac, dtype=np.float64)
     dim = jac.shape[0]
@@ -651,10 +712,13 @@ def roulette_variance(jac: np.ndarray, config: Mapping[str, Any], *, training: b
     def infinite(why: str) -> VarianceReport:
         return VarianceReport(False, np.inf, np.inf, np.inf, mean, rho, 0, why)
 
+    def coefficients(K: int) -> np.ndarray:
+        return np.array([roulette.coefficient(k, m) for k in range(1, K + 1)])
+
     if roulette.dist == "poisson":
         if np.any(np.linalg.matrix_power(jac, dim) != 0.0):
             return infinite(f"Poisson p(N): c_k grows faster than ρ(J)^(-2k) for any ρ > 0 (ρ = {rho:.3g})")
-        return _variance_sum(jac, roulette, m, probe, dim + m, mean, rho, tail=0.0, tail_n=0.0)
+        return _variance_sum(jac, coefficients(dim + m), probe, dim + m, mean, rho, tail=0.0, tail_n=0.0)
     limit = np.sqrt(1.0 - roulette.param)
     if rho >= limit:
         return infinite(f"geometric p(N) with q = {roulette.param}: ρ(J)² = {rho ** 2:.4g} ≥ 1 − q = {limit ** 2:.4g}")
@@ -670,21 +734,23 @@ def roulette_variance(jac: np.ndarray, config: Mapping[str, Any], *, training: b
         b = np.array([np.sqrt(roulette.coefficient(k, m)) * c_bound * r ** k / k for k in range(1, K + 1)])
         rest = c_bound * limit ** (m + 1) * theta ** (K + 1) / ((K + 1) * (1.0 - theta))
         spread = rest * (2.0 * b.sum() + rest)
-        report = _variance_sum(jac, roulette, m, probe, K, mean, rho,
+        report = _variance_sum(jac, coefficients(K), probe, K, mean, rho,
                                tail=_fourth_moment(dim, probe) * spread, tail_n=dim * dim * spread)
-        if report.variance_upper - report.variance <= rel_tol * max(report.variance, 1e-300) or 2 * K > max_terms:
+        floor = max(rel_tol * report.variance, abs_tol * max(1.0, mean ** 2))
+        if report.variance_upper - report.variance <= floor or 2 * K > max_terms:
             return report
         K *= 2
 
 
-def _variance_sum(jac: np.ndarray, roulette: Roulette, m: int, probe: str, K: int, mean: float, rho: float,
+def _variance_sum(jac: np.ndarray, coeff: np.ndarray, probe: str, K: int, mean: float, rho: float,
                   *, tail: float, tail_n: float) -> VarianceReport:
-    """Σ_{k,l≤K} c_{min(k,l)} E_v[a_k a_l] − mean² and the same for the traces only (see above)."""
+    """Σ_{k,l≤K} c_{min(k,l)} E_v[a_k a_l] − mean² and the same for the traces only (see above);
+    ``coeff`` holds c_1, …, c_K (non-decreasing, as 1/P(N ≥ k − m) is)."""
     dim = jac.shape[0]
     powers = [np.eye(dim)]
     for _ in range(2 * K):
         powers.append(powers[-1] @ jac)
-    stack = np.stack(powers[1:K + 1])
+    stack = np.stack(powers[1:K + 1]) if K else np.zeros((0, dim, dim))
     traces = np.array([np.trace(p) for p in powers])
     s = _signs(K)
     k = np.arange(1, K + 1)
@@ -693,14 +759,119 @@ def _variance_sum(jac: np.ndarray, roulette: Roulette, m: int, probe: str, K: in
     if probe == "rademacher":
         diag = np.einsum("kii->ki", stack)
         moments = moments - 2.0 * diag @ diag.T
-    coeff = np.array([roulette.coefficient(int(i), m) for i in k])
-    cmin = coeff[np.minimum.outer(k, k) - 1]
+    cmin = coeff[np.minimum.outer(k, k) - 1] if K else np.zeros((0, 0))
     weights = cmin * np.outer(s, s)
     second = float(np.sum(weights * moments))
     second_n = float(np.sum(weights * np.outer(traces[k], traces[k])))
     variance = max(second - mean ** 2, 0.0)
     variance_n = max(second_n - mean ** 2, 0.0)
     return VarianceReport(True, variance, variance + tail, variance_n + tail_n, mean, rho, K, "finite")
+
+
+# ----------------------------------------------------------------------------- concentration
+
+@dataclass(frozen=True)
+class Concentration:
+    """Sub-gamma constants of one estimate X (one probe, one draw of N) at one J_g
+    (:func:`concentration`): for every |λ| < 1/``scale``,
+
+        log E exp(λ(X − E X)) ≤ λ²·``variance_factor`` / (2(1 − ``scale``·|λ|)),
+
+    so that the mean of n independent estimates strays from E X by more than
+    √(2·variance_factor·t/n) + scale·t/n with probability at most 2e^(−t) (Boucheron, Lugosi and
+    Massart, Concentration Inequalities, §2.4). ``finite`` is False where no such constants are
+    certified (``why`` says why). ``bound`` is sup |X − E X| where X is bounded (Rademacher probes),
+    else inf.
+    """
+
+    finite: bool
+    variance_factor: float
+    scale: float
+    bound: float
+    mean: float
+    why: str
+
+
+def _partial_matrices(jac: np.ndarray, config: Mapping[str, Any], training: bool) -> tuple[list[np.ndarray], float] | str:
+    """M_T = Σ_{k≤T} c_k s_k J^k for every number of terms T the estimator can use, and a bound on
+    ‖M_T − M_K‖₂ for all the T beyond the last one listed; or why no such bound exists."""
+    m = exact_terms(config, training)
+    dim = jac.shape[0]
+    if setting(config, "logdet") == "series":
+        return [sum((s * p for s, p in zip(_signs(m), _stack_powers(jac, m))), np.zeros((dim, dim)))], 0.0
+    roulette = roulette_of(config)
+    if roulette.dist == "poisson":
+        return "Poisson p(N): its weights 1/P(N ≥ k) grow faster than any geometric rate"
+    rate = 1.0 - roulette.param
+    rho = float(np.max(np.abs(np.linalg.eigvals(jac)))) if dim else 0.0
+    if rho >= rate:
+        return (f"geometric p(N) with q = {roulette.param}: ρ(J) = {rho:.4g} ≥ 1 − q, so c_k·J^k does not "
+                "decay and a single estimate is unbounded")
+    r = 0.5 * (rho + rate)
+    c_bound = _power_bound(jac, r, 4096)
+    if c_bound is None:
+        return f"could not certify ‖J^k‖ ≤ C·r^k with r = {r:.4g}"
+    theta = r / rate
+    K = m + roulette.support_min
+    matrices, current, power = [], np.zeros((dim, dim)), np.eye(dim)
+    for k in range(1, 10_000):
+        power = power @ jac
+        current = current + roulette.coefficient(k, m) * _signs(k)[-1] * power
+        if k >= K:
+            matrices.append(current.copy())
+            rest = c_bound * rate ** (m + 1) * theta ** (k + 1) / ((k + 1) * (1.0 - theta))
+            if rest <= 1e-12 * max(1.0, float(np.abs(current).max())):
+                return matrices, rest
+    return f"the partial sums did not settle within 10000 terms (θ = {theta:.6f})"
+
+
+def _stack_powers(jac: np.ndarray, K: int) -> list[np.ndarray]:
+    powers, power = [], np.eye(jac.shape[0])
+    for _ in range(K):
+        power = power @ jac
+        powers.append(power)
+    return powers
+
+
+def concentration(jac: np.ndarray, config: Mapping[str, Any], *, training: bool = True,
+                  variance: VarianceReport | None = None) -> Concentration:
+    """Sub-gamma constants (:class:`Concentration`) of one estimate of the configured stochastic
+    estimator at J_g = ``jac``.
+
+    An estimate with T terms is X = vᵀM_T v, M_T = Σ_{k≤T} c_k s_k J^k, with T = m + N (roulette) or m
+    (series). Write S_T for the symmetric part of M_T, β = sup_T ‖S_T‖₂, F = sup_T ‖S_T‖_F and R the
+    range of tr M_T over T (all finite when c_k·‖J^k‖ decays geometrically: ρ(J) < 1 − q for the
+    geometric p(N); never for the Poisson one).
+
+    * Rademacher probes: |X| ≤ D·β, so X − E X is bounded by b = D·β + |E X| and Bernstein's
+      inequality gives variance_factor = Var X (:func:`estimate_variance`) and scale = b/3.
+    * Gaussian probes: given T, vᵀS_T v − tr S_T is a Gaussian chaos with
+      log E e^{λ(·)} ≤ λ²‖S_T‖_F²/(1 − 2|λ|‖S_T‖₂) (BLM Example 2.12), and tr M_T − E X is centred and
+      confined to an interval of length R (Hoeffding: ≤ λ²R²/8); as v and N are independent,
+      variance_factor = 2F² + R²/4 and scale = 2β.
+
+    ``variance`` may pass :func:`estimate_variance`'s report at the same point, if already computed.
+    """
+    jac = np.asarray(jac, dtype=np.float64)
+    dim = jac.shape[0]
+    mean = estimator_mean(jac, config, training)
+    partial = _partial_matrices(jac, config, training)
+    if isinstance(partial, str):
+        return Concentration(False, np.inf, np.inf, np.inf, mean, partial)
+    matrices, rest = partial
+    sym = [0.5 * (M + M.T) for M in matrices]
+    beta = max(float(np.max(np.abs(np.linalg.eigvalsh(S)))) if dim else 0.0 for S in sym) + rest
+    if _choice(config, "probe", PROBES) == "rademacher":
+        variance = variance or estimate_variance(jac, config, training=training)
+        if not variance.finite:
+            return Concentration(False, np.inf, np.inf, np.inf, mean, variance.why)
+        bound = dim * beta + abs(mean)
+        return Concentration(True, variance.variance_upper, bound / 3.0, bound, mean, "bounded (Rademacher probe)")
+    frob = max(float(np.linalg.norm(S)) for S in sym) + np.sqrt(dim) * rest
+    traces = [float(np.trace(M)) for M in matrices]
+    spread = max(traces) - min(traces) + 2.0 * dim * rest
+    return Concentration(True, 2.0 * frob ** 2 + spread ** 2 / 4.0, 2.0 * beta, np.inf, mean,
+                         "sub-gamma (Gaussian probe)")
 
 
 # ----------------------------------------------------------------------------- registration

@@ -112,3 +112,33 @@ def test_sample_distribution_matches_flow() -> None:
 def test_sequential_rejects_empty() -> None:
     with pytest.raises(ConfigError):
         Sequential([])
+
+
+def test_inverse_direction_of_a_composite_sums_its_children() -> None:
+    spec = _spec()
+    flow = from_spec(spec)
+    z = torch.as_tensor(rng("inverse-logdet-z").standard_normal((4, 3)))
+    x, logdet = flow.inverse_and_logdet(z)
+    torch.testing.assert_close(x, flow.inverse(z), rtol=0, atol=0)
+    expected = -reference.log_abs_det(spec, x.detach().numpy())
+    assert relative_error(logdet.detach().numpy(), expected) <= tolerance("logdet", "float64", 3)
+    generic = Flow._inverse_and_logdet(flow, z, None)[1]  # the default: −forward log-det at the solved x
+    assert relative_error(logdet.detach().numpy(), generic.detach().numpy()) <= tolerance("logdet", "float64", 3)
+
+
+def test_inverse_direction_validates_its_input() -> None:
+    flow = from_spec(_spec())
+    with pytest.raises(FlowInputError, match="NaN or inf"):
+        flow.inverse_and_logdet(torch.full((1, 3), torch.nan, dtype=torch.float64))
+    with pytest.raises(FlowInputError, match=r"shape \(batch, 3\)"):
+        flow.inverse_and_logdet(torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_fresh_from_spec_builds_data_initialised_children_uninitialised() -> None:
+    from flowspec.accelerated.base import fresh_from_spec
+
+    actnorm = reference.init_spec("actnorm", {"shape": [3]}, rng("fresh-actnorm"))
+    affine = reference.init_spec("elementwise_affine", {"shape": [3]}, rng("fresh-affine"))
+    flow = fresh_from_spec(sequential_spec([affine, actnorm]))
+    assert not flow.flows[1].is_initialized()
+    np.testing.assert_array_equal(flow.flows[0].shift.detach().numpy(), affine.params["shift"])  # loaded as given

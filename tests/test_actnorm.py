@@ -173,3 +173,36 @@ def test_bad_initialized_flag_and_empty_batch_are_rejected() -> None:
         ActNorm(VECTOR).double().initialize(torch.zeros(0, 5, dtype=torch.float64))
     with pytest.raises(FlowInputError, match="at least one sample"):
         actnorm_init(np.zeros((0, 5)), {"shape": VECTOR})
+
+
+def test_fresh_flow_ignores_the_spec_params_and_is_uninitialised() -> None:
+    spec = reference.init_spec("actnorm", {"shape": IMAGE}, rng("actnorm-test", "fresh"))
+    flow = ActNorm.fresh_from_spec(spec)
+    assert ActNorm.data_dependent_init and not flow.is_initialized()
+    assert not flow.bias.detach().any() and not flow.log_scale.detach().any()
+    x = _batch(IMAGE, 3, "fresh-x")
+    flow(torch.as_tensor(x))
+    expected = actnorm_init(x, {"shape": IMAGE})
+    assert_close(_params(flow)["log_scale"], expected["log_scale"], "forward", "float64", _per_channel(x, IMAGE))
+
+
+def test_checkpoint_into_a_fresh_module_does_not_reinitialise() -> None:
+    trained = ActNorm(VECTOR).double()
+    trained(torch.as_tensor(_batch(VECTOR, 4, "checkpoint")))
+    assert "initialized" in trained.state_dict()
+    fresh = ActNorm(VECTOR).double()
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.is_initialized()
+    fresh(torch.as_tensor(_batch(VECTOR, 4, "after-loading")))  # a training forward on other data
+    for name, value in _params(trained).items():
+        np.testing.assert_array_equal(_params(fresh)[name], value)
+
+
+def test_inverse_direction_log_det_is_minus_the_forward() -> None:
+    spec = reference.init_spec("actnorm", {"shape": IMAGE}, rng("actnorm-test", "inverse-logdet"))
+    flow = from_spec(spec)
+    z = torch.as_tensor(_batch(IMAGE, 2, "inverse-logdet-z"))
+    x, logdet = flow.inverse_and_logdet(z)
+    torch.testing.assert_close(x, flow.inverse(z), rtol=0, atol=0)
+    assert_close(logdet.detach().numpy(), -reference.log_abs_det(spec, x.detach().numpy()), "logdet", "float64",
+                 int(np.prod(IMAGE)))

@@ -92,3 +92,13 @@ def test_bad_image_config(config: dict) -> None:
             reference.init_spec(kind, config, rng("conv1x1-test", "config"))
         with pytest.raises(ConfigError, match="positive ints"):
             cls(**config)
+
+
+@pytest.mark.parametrize("kind", ["conv1x1", "conv1x1_lu"])
+def test_inverse_direction_log_det_is_minus_hw_log_det_w(kind: str) -> None:
+    spec = reference.init_spec(kind, CONFIG, rng("conv1x1-test", "inverse-logdet", kind))
+    flow = from_spec(spec)
+    z = torch.as_tensor(_x("inverse-logdet-z"))
+    x, logdet = flow.inverse_and_logdet(z)
+    torch.testing.assert_close(x, flow.inverse(z), rtol=0, atol=0)
+    assert_close(logdet.detach().numpy(), -reference.log_abs_det(spec, x.detach().numpy()), "logdet", "float64", D)

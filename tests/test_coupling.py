@@ -6,16 +6,19 @@ import inspect
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from flowspec import reference, registry
 from flowspec.accelerated import from_spec
 from flowspec.accelerated.coupling import AdditiveCoupling, AffineCoupling
 from flowspec.accelerated.coupling import unchanged_mask as torch_mask
+from flowspec.conformance.coupling import RAW_FACTOR, in_regime, layer_configs
 from flowspec.conformance.seeding import rng
 from flowspec.conformance.tolerances import assert_close
 from flowspec.errors import ConfigError, FlowInputError
-from flowspec.reference.coupling import AFFINE_DEFAULTS, DEFAULTS, unchanged_mask
+from flowspec.reference.coupling import AFFINE_DEFAULTS, DEFAULTS, parse_config, unchanged_mask
 from flowspec.spec import FlowSpec
+from reference_checks import assert_vjp_matches_reference
 
 SHAPES = [(2,), (5,), (8,), (2, 3, 3), (3, 1, 4), (1, 2, 3), (4, 4, 4)]
 KINDS = ["additive_coupling", "affine_coupling"]
@@ -25,6 +28,8 @@ CONFIGS = [
     {"shape": [3, 2, 3], "mask": "checkerboard", "parity": 1, "conditioner": "conv", "hidden": 3},
     {"shape": [3, 2, 2], "mask": "channel", "parity": 0, "conditioner": "conv", "activation": "relu"},
     {"shape": [2, 2, 3], "mask": "checkerboard", "parity": 0, "conditioner": "mlp", "context_dim": 2},
+    # an even width: the checkerboard is the parity of h + w, not of the flat pixel index h·W + w
+    {"shape": [2, 3, 4], "mask": "checkerboard", "parity": 0, "conditioner": "conv", "depth": 2},
 ]
 
 
@@ -103,6 +108,42 @@ def test_conditioner_never_reads_the_transformed_part(kind: str, config: dict) -
 
     jac = torch.autograd.functional.jacobian(f, torch.as_tensor(x[0])).reshape(keep.size, keep.size)
     _block_check(jac.numpy(), keep, kind == "affine_coupling")
+
+
+@settings(max_examples=60, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+@given(layer_configs(affine=True))
+def test_strategy_configs_are_valid_and_honour_the_conditioner(config: dict) -> None:
+    """Every drawn config is valid; a conv conditioner always gets an image and no context."""
+    cfg = parse_config(config, affine=True)
+    if cfg.conditioner == "conv":
+        assert len(cfg.shape) == 3 and cfg.context_dim == 0
+
+
+def test_large_regime_saturates_the_raw_scales() -> None:
+    """The strategies' ``large`` regime scales the last layer by RAW_FACTOR: most log-scales sit at
+    ±scale_factor (tanh saturated), and the values still match the reference."""
+    config = {"shape": [8], "mask": "channel", "parity": 0, "scale_factor": 2.0, "hidden": 6}
+    spec = _spec("affine_coupling", config, "large")
+    big = in_regime(spec, "large")
+    np.testing.assert_array_equal(big.params["net.2.weight"], RAW_FACTOR * spec.params["net.2.weight"])
+    np.testing.assert_array_equal(big.params["net.0.weight"], spec.params["net.0.weight"])
+    x = rng("coupling-test", "large").standard_normal((16, 8))
+    z, logdet = from_spec(big)(torch.as_tensor(x))
+    assert_close(z.detach().numpy(), reference.forward(big, x), "forward", "float64", 8)
+    assert_close(logdet.detach().numpy(), reference.log_abs_det(big, x), "logdet", "float64", 8)
+    log_scales = np.log(np.diagonal(reference.jacobian(big, x), axis1=1, axis2=2)[:, 4:])  # s of the 4 transformed
+    assert np.mean(np.abs(log_scales) > 0.9 * 2.0) > 0.5
+
+
+def test_reference_gradients_are_finite_at_saturated_raw_scales() -> None:
+    """Raw scales of several hundred (large regime, ReLU conditioner, inputs of order 100): the
+    reference's gradient of the log-det, a second derivative of tanh, is finite (autograd's 1/cosh²
+    overflowed into NaN there) and equals the accelerated flow's."""
+    config = {"shape": [6], "activation": "relu", "hidden": 8, "depth": 2}
+    spec = in_regime(_spec("affine_coupling", config, "saturated"), "large")
+    x = 100.0 * rng("coupling-test", "saturated").standard_normal((4, 6))
+    zw, lw = rng("coupling-test", "saturated-w").standard_normal((4, 6)), np.linspace(-1.0, 1.0, 4)
+    assert_vjp_matches_reference(spec, x, zw, lw)
 
 
 def test_affine_log_scale_is_bounded_by_the_scale_factor() -> None:

@@ -6,16 +6,23 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binom
 
 from flowspec.accelerated.lipschitz import (
-    ACTIVATIONS, LipSwish, LipschitzConv2d, LipschitzLinear, LipschitzNormalizer, closed_form_norm, norm_reports,
-    refresh_norms,
+    ACTIVATIONS, PROBE_FAILURE, LipSwish, LipschitzConv2d, LipschitzLinear, LipschitzNormalizer, closed_form_norm,
+    conv_norm_bound, conv_operator_matrix, general_power_method, norm_reports, refresh_norms,
 )
+from flowspec.accelerated.power_iteration import (
+    PROBE_STEPS, exact_tolerance, exact_top_pair, probe_failure_probability, probe_tolerance,
+)
+from flowspec.conformance.lipschitz import Claim, NormLedger, exceedance_limit
+from flowspec.conformance.property import PropertyFailure
 from flowspec.conformance.seeding import rng
+from flowspec.conformance.stats import per_example_alpha
 from flowspec.conformance.tolerances import assert_close, tolerance
 from flowspec.errors import ConfigError
 from flowspec.reference import lipschitz as ref
-from flowspec.reference.norms import conv_operator_norm, induced_norm, induced_norm_bracket, spectral_norm
+from flowspec.reference.norms import conv_matrix, conv_operator_norm, induced_norm, induced_norm_bracket, spectral_norm
 
 INF = math.inf
 
@@ -135,14 +142,127 @@ def test_evaluation_never_uses_stale_vectors() -> None:
 
 def test_hit_cap_is_recorded_and_refresh_reports() -> None:
     _seed("cap")
-    layer = _scaled(LipschitzLinear(8, 8, 0.9, max_iter=1, rtol=1e-12).double(), 10.0)
+    layer = _scaled(LipschitzLinear(8, 8, 0.9, max_iter=1, rtol=1e-12, exact_max_dim=0).double(), 10.0)
     layer.effective_weight()
-    assert layer.normalizer.hit_cap
+    assert layer.normalizer.hit_cap and layer.normalizer.last_report.method == "probe"
     model = torch.nn.Sequential(layer, LipschitzConv2d(2, 2, 3, 0.9).double())
     model[1](torch.zeros(1, 2, 3, 3, dtype=torch.float64))
     reports = refresh_norms(model)
     assert set(reports) == {"0.normalizer", "1.normalizer"}
     assert set(norm_reports(model)) == {"0.normalizer", "1.normalizer"}
+
+
+def _near_degenerate(rows: int, cols: int, ratio: float, key: str) -> np.ndarray:
+    """A matrix with σ₂/σ₁ = ``ratio`` and the rest of its spectrum in (0.2, 0.8)."""
+    gen = rng("lipschitz-test", key)
+    left = np.linalg.qr(gen.standard_normal((rows, rows)))[0]
+    right = np.linalg.qr(gen.standard_normal((cols, cols)))[0]
+    k = min(rows, cols)
+    values = np.r_[1.0, ratio, np.sort(gen.uniform(0.2, 0.8, k - 2))[::-1]]
+    return (left[:, :k] * values) @ right[:, :k].T
+
+
+def _swapped(matrix: np.ndarray) -> np.ndarray:
+    """The top pair's value moved to the second pair and the second raised 0.5 % above the first:
+    the old top vectors become exact singular vectors of the second pair."""
+    left, values, right = np.linalg.svd(matrix, full_matrices=False)
+    values = values.copy()
+    values[0], values[1] = values[1], values[0] * 1.005
+    return (left * values) @ right
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(6, 9), (9, 6)])
+def test_exact_path_follows_a_swapped_top_pair(dtype: torch.dtype, shape: tuple[int, int]) -> None:
+    """σ₂/σ₁ = 0.999 and the estimate settled (a warm start certified); then the top pair swaps in
+    place. The warm start's certificate fails and the eigendecomposition finds the new top: the gap
+    stays within the report's deterministic tolerance (a warm start alone stays on the old
+    pair, and its singular-pair residual is small)."""
+    layer = LipschitzLinear(shape[1], shape[0], 0.9).to(dtype)
+    weight = _near_degenerate(*shape, 0.999, f"swap{shape}")
+    with torch.no_grad():
+        layer.raw_weight.copy_(torch.as_tensor(2.0 * weight))
+    layer.effective_weight()
+    layer.effective_weight()
+    assert layer.normalizer.last_report.method == "certified"
+    with torch.no_grad():
+        layer.raw_weight.copy_(torch.as_tensor(2.0 * _swapped(weight)))
+    applied = layer.effective_weight().detach().double().numpy()
+    report = layer.normalizer.last_report
+    assert report.method == "exact" and report.failure_probability == 0.0
+    assert float(spectral_norm(applied)) / 0.9 - 1.0 <= report.tolerance
+
+
+def test_iterative_path_states_the_probe_guarantee() -> None:
+    """Large operators (forced here: ``exact_max_dim=0``): the warm iteration stays on the old pair
+    after a swap, the random-start probe finds the new top; the report states the
+    Kuczyński–Woźniakowski tolerance at the failure probability :data:`PROBE_FAILURE`."""
+    _seed("probe")
+    layer = LipschitzLinear(40, 40, 0.9, exact_max_dim=0).double()
+    weight = _near_degenerate(40, 40, 0.999, "probe")
+    with torch.no_grad():
+        layer.raw_weight.copy_(torch.as_tensor(2.0 * weight))
+    layer.effective_weight()
+    with torch.no_grad():
+        layer.raw_weight.copy_(torch.as_tensor(2.0 * _swapped(weight)))
+    applied = layer.effective_weight().detach().numpy()
+    report = layer.normalizer.last_report
+    assert report.method == "probe" and report.failure_probability == pytest.approx(PROBE_FAILURE)
+    assert report.tolerance == pytest.approx(probe_tolerance(40, PROBE_STEPS, PROBE_FAILURE))
+    assert float(spectral_norm(applied)) / 0.9 - 1.0 <= report.tolerance
+
+
+def test_probe_bound_is_kuczynski_wozniakowski() -> None:
+    """1.648·√n·exp(−√ε(2(q − 1) − 1)) with ε = 1 − (1 − t)², capped at 1; a Krylov space of the full
+    dimension is exact; :func:`probe_tolerance` inverts it."""
+    eps = 1.0 - 0.99 ** 2
+    assert probe_failure_probability(768, 32, 0.01) == pytest.approx(1.648 * math.sqrt(768) * math.exp(-math.sqrt(eps) * 61))
+    assert probe_failure_probability(50, 50, 1e-9) == 0.0 and probe_failure_probability(10 ** 6, 2, 1e-6) == 1.0
+    for n, q, p in [(768, 32, 1e-3), (4096, 64, 1e-6)]:
+        assert probe_failure_probability(n, q, probe_tolerance(n, q, p)) == pytest.approx(p)
+
+
+def test_exact_tolerance_covers_the_rounding() -> None:
+    """On random and near-degenerate matrices in both dtypes the exact path's gap is below its bound."""
+    for key, ratio in [("random", None), ("degenerate", 0.9999)]:
+        matrix = (rng("lipschitz-test", key).standard_normal((30, 20)) if ratio is None
+                  else _near_degenerate(30, 20, ratio, key))
+        for dtype in (torch.float32, torch.float64):
+            sigma, u, v, report = exact_top_pair(torch.as_tensor(matrix).to(dtype))
+            applied = float((u.double() @ torch.as_tensor(matrix) @ v.double()))
+            assert 1.0 - applied / float(spectral_norm(matrix)) <= report.tolerance
+            assert report.tolerance == exact_tolerance(30, 20, dtype)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_operator_matrix_is_the_reference_operator(kernel: int) -> None:
+    weight = rng("lipschitz-test", "operator", kernel).standard_normal((3, 2, kernel, kernel))
+    got = conv_operator_matrix(torch.as_tensor(weight), (4, 5), kernel // 2, 10 ** 6)
+    np.testing.assert_allclose(got.numpy(), conv_matrix(weight, (2, 4, 5)), rtol=0, atol=1e-15)
+    assert conv_operator_matrix(torch.as_tensor(weight), (4, 5), kernel // 2, 39) is None
+
+
+def test_one_by_one_convolutions_are_exact_at_any_size() -> None:
+    """A 1×1 kernel's operator is its C_out × C_in matrix at every pixel: estimated exactly from the
+    matrix at a size whose operator would be far too large to form."""
+    layer = _scaled(LipschitzConv2d(4, 3, 1, 0.9).double(), 10.0)
+    weight = layer.effective_weight((64, 64)).detach().numpy()
+    assert layer.normalizer.last_report.method == "exact"
+    assert_close(float(spectral_norm(weight[:, :, 0, 0])), 0.9, "norm_bound", "float64", weight.size)
+
+
+def test_general_orders_keep_the_best_start() -> None:
+    """Learned-order ranges (p, q ∈ (1.5, 2.5)): the multi-start general power method reaches the
+    reference's lower bracket (columns and random starts); it states no guarantee."""
+    for key in range(6):
+        gen = rng("lipschitz-test", "general", key)
+        weight = gen.standard_normal((5, 4))
+        p, q = gen.uniform(1.5, 2.5, 2)
+        sigma, _, report = general_power_method(torch.as_tensor(weight), torch.as_tensor(gen.standard_normal(4)),
+                                                float(p), float(q), atol=0.0, rtol=1e-12, max_iter=5000)
+        lower, upper = induced_norm_bracket(weight, p, q)
+        assert report.method == "power" and report.failure_probability == 1.0
+        assert float(sigma) >= lower * (1.0 - tolerance("norm_bound", "float64", 1)) and float(sigma) <= upper
 
 
 def test_conv_vectors_survive_a_state_dict_at_another_size() -> None:
@@ -182,3 +302,73 @@ def test_bad_normaliser_settings_are_refused(kwargs: dict) -> None:
     shape = (2, 2, 3, 3) if kwargs.get("operator") == "conv" else (2, 2)
     with pytest.raises(ConfigError):
         LipschitzNormalizer(shape, 0.9, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the suite's verdicts on claims
+
+class _Recorder:
+    """The part of a CheckContext that :class:`NormLedger` uses."""
+
+    def __init__(self):
+        self.errors = []
+
+    def record(self, error: float, tol: float) -> float:
+        self.errors.append((error, tol))
+        return error
+
+
+def test_exceedance_limit_holds_the_false_alarm_rate() -> None:
+    for trials, p in [(100, 1e-3), (720, 0.01), (50, 0.2), (24, 0.5)]:
+        k = exceedance_limit(trials, p, 1e-6)
+        assert binom.sf(k - 1, trials, p) <= 1e-6 < binom.sf(k - 2, trials, p)
+
+
+def test_ledger_fails_capped_and_deterministic_excesses_at_once() -> None:
+    ledger, ctx = NormLedger(), _Recorder()
+    ledger.check(ctx, Claim(1e-6), 5e-7, "within")
+    with pytest.raises(PropertyFailure, match="beyond the bound"):
+        ledger.check(ctx, Claim(1e-6), 2e-6, "beyond")
+    with pytest.raises(PropertyFailure, match="iteration cap"):
+        ledger.check(ctx, Claim(1e-6, hit_cap=True), 0.0, "capped")
+
+
+def test_ledger_judges_probabilistic_claims_by_their_binomial_tail() -> None:
+    """A claim of p = 0.01 per estimate over 200 estimates: a few exceedances are allowed, a rate of
+    15 % (a warm start stuck after swaps shows more) is not; the power to see a rate q is
+    P(Binomial(200, q) ≥ limit)."""
+    limit = exceedance_limit(200, 0.01, per_example_alpha())
+    assert binom.sf(limit - 1, 200, 0.15) > 0.99  # a 15 % failure rate is caught almost surely
+    for exceeded, fails in [(limit - 1, False), (limit, True)]:
+        ledger, ctx = NormLedger(), _Recorder()
+        for i in range(200):
+            ledger.check(ctx, Claim(1e-3, probabilistic=True, failure_probability=0.01), 1.0 if i < exceeded else 0.0,
+                         f"estimate {i}")
+        if fails:
+            with pytest.raises(PropertyFailure, match="probabilistic"):
+                ledger.verdict()
+        else:
+            ledger.verdict()
+
+
+@pytest.mark.parametrize("shape, spatial", [((3, 2, 3, 3), (4, 5)), ((2, 3, 5, 5), (3, 3)), ((1, 1, 3, 3), (1, 1)),
+                                            ((4, 4, 1, 1), (3, 2)), ((6, 2, 3, 3), (16, 16))])
+def test_conv_norm_bound_is_an_upper_bound(shape: tuple[int, ...], spatial: tuple[int, int]) -> None:
+    """The circular convolution on the (H + p) × (W + p) grid contains the zero-padded operator: its
+    frequency-domain norm bounds the operator norm from above (and is near it on large images)."""
+    weight = rng("lipschitz-test", "fft bound", shape).standard_normal(shape)
+    exact = conv_operator_norm(weight, (shape[1], *spatial))
+    bound = conv_norm_bound(torch.as_tensor(weight), spatial, shape[-1] // 2)
+    assert bound >= exact * (1.0 - 1e-12)
+    if spatial == (16, 16):
+        assert bound <= 1.05 * exact
+
+
+def test_large_convolutions_are_certified_by_the_frequency_bound() -> None:
+    """A convolution too large for the explicit matrix (forced: ``exact_max_dim=16``) is certified by
+    :func:`conv_norm_bound`: the report's deterministic tolerance holds for the exact operator norm."""
+    _seed("fft certificate")
+    layer = _scaled(LipschitzConv2d(2, 6, 3, 0.9, exact_max_dim=16, rtol=1e-10, max_iter=5000).double(), 10.0)
+    weight = layer.effective_weight((20, 20)).detach().numpy()
+    report = layer.normalizer.last_report
+    assert report.method == "certified" and report.failure_probability == 0.0 and report.tolerance < 0.05
+    assert conv_operator_norm(weight, (2, 20, 20)) / 0.9 - 1.0 <= report.tolerance

@@ -10,13 +10,14 @@ import torch
 from flowspec import reference
 from flowspec.accelerated import from_spec
 from flowspec.accelerated.planar import Planar
-from flowspec.conformance.planar import with_wu
+from flowspec.conformance.planar import EDGE_MARGINS, LARGE_WU, with_wu, wu_for_margin
 from flowspec.conformance.seeding import rng
 from flowspec.conformance.tolerances import assert_close
 from flowspec.errors import ConfigError, ConvergenceError, NumericalError
 from flowspec.reference.planar import u_hat
 from flowspec.reference.solve import bisect_increasing
 from flowspec.spec import FlowSpec
+from reference_checks import assert_vjp_matches_reference
 
 
 def _spec(d: int, wu: float, key: str) -> FlowSpec:
@@ -50,6 +51,57 @@ def test_inverse_solves_to_the_dtype_tolerance(wu: float, dtype: torch.dtype) ->
     name = "float64" if dtype == torch.float64 else "float32"
     with torch.no_grad():
         assert_close(flow(flow.inverse(z))[0].numpy(), z.numpy(), "roundtrip", name, 6)
+
+
+@pytest.mark.parametrize("margin", EDGE_MARGINS)
+def test_edge_regime_puts_w_u_hat_just_above_minus_one(margin: float) -> None:
+    """The strategies' ``edge`` regime: 1 + wᵀû = ``margin`` exactly (up to rounding) in both layers."""
+    spec = _spec(4, wu_for_margin(margin), f"edge-{margin}")
+    w = spec.params["w"]
+    assert_close(1.0 + float(w @ u_hat(spec.params["u"], w)), margin, "forward", "float64", 1)
+    with torch.no_grad():
+        uh, sp = from_spec(spec)._u_hat()
+    assert_close(float(sp), margin, "forward", "float64", 1)
+
+
+@pytest.mark.parametrize("wu", LARGE_WU)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_inverse_converges_where_plain_newton_cycles(wu: float, dtype: torch.dtype) -> None:
+    """A steep g (wᵀû up to 21): from the flat tails a plain Newton step lands on the other tail and
+    cycles; the safeguarded solve still round-trips every z, targets wᵀz across both tails included."""
+    spec = _spec(5, wu, f"steep-{wu}")
+    w = torch.tensor(spec.params["w"])
+    targets = torch.linspace(-3.0 * wu, 3.0 * wu, 61, dtype=torch.float64)
+    base = _points(5, 61, f"steep-{wu}")
+    z = (base + (targets - base @ w)[:, None] * w / (w @ w)).to(dtype)  # wᵀz = targets
+    flow = from_spec(spec, dtype=dtype)
+    name = "float64" if dtype == torch.float64 else "float32"
+    with torch.no_grad():
+        assert_close(flow(flow.inverse(z))[0].numpy(), z.numpy(), "roundtrip", name, 5)
+
+
+def test_softplus_above_twenty_is_exact() -> None:
+    """wᵀu = 22: û uses softplus(22) = 22 + 2.8e-10, not torch's thresholded value 22 (float64)."""
+    spec = _spec(3, 22.0, "softplus")
+    x = _points(3, 4, "softplus").numpy()
+    z, logdet = from_spec(spec)(torch.as_tensor(x))
+    assert_close(z.detach().numpy(), reference.forward(spec, x), "forward", "float64", 3)
+    with torch.no_grad():
+        _, sp = from_spec(spec)._u_hat()
+    assert float(sp) - 22.0 == pytest.approx(math.log1p(math.exp(-22.0)), rel=1e-6)
+
+
+@pytest.mark.parametrize("a", [30.0, -400.0, 800.0])
+def test_reference_gradients_are_finite_where_tanh_saturates(a: float) -> None:
+    """At wᵀx + b = ``a`` (large inputs), autograd's second derivative of tanh, 1/cosh², overflowed
+    into NaN beyond |a| ≈ 355; the reference's gradients are finite and equal the accelerated flow's."""
+    spec = _spec(3, 0.3, "saturated")
+    w, b = spec.params["w"], float(spec.params["b"])
+    offset = np.array([0.5, -0.2, 0.1])
+    offset -= (offset @ w) / (w @ w) * w  # orthogonal to w
+    x = ((a - b) / (w @ w) * w + offset)[None]  # wᵀx + b = a
+    zw, lw = np.array([[1.0, -2.0, 0.5]]), np.array([1.5])
+    assert_vjp_matches_reference(spec, x, zw, lw)
 
 
 def test_non_convergence_raises_with_its_residual() -> None:

@@ -18,6 +18,7 @@ from flowspec.conformance.seeding import rng
 from flowspec.conformance.tolerances import assert_close, tolerance
 from flowspec.errors import ConfigError, ConvergenceError
 from flowspec.reference import quar as rq
+from flowspec.spec import FlowSpec
 
 MLP = {"dim": 5, "hidden_factors": [2, 3], "activation": "elu", "sigma": 0.9, "norm": "full"}
 CONV = {"shape": [2, 3, 4], "hidden_factors": [2, 2], "kernels": [3, 1, 3], "activation": "elu", "sigma": 0.9,
@@ -186,11 +187,93 @@ def test_evaluation_after_a_weight_update_refreshes() -> None:
 
 def test_a_capped_power_iteration_warns_and_reports() -> None:
     flow = QuARMLP(6, [3]).double()
-    flow.pi_max_iter = flow.krylov_steps = 1
+    flow.exact_max_dim = 0  # the iterative path of large layers
+    flow.pi_max_iter = flow.krylov_steps = 2
     flow.assign_parameters(weight_0=torch.randn(18, 6, dtype=torch.float64))
     with pytest.warns(RuntimeWarning, match="cap"):
         flow.refresh_norms()
     assert any(report.hit_cap for report in flow.last_power_iteration)
+    assert all(report.method == "probe" for report in flow.last_power_iteration)
+
+
+def _swap_top_pair(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``weight`` (a two-path matrix on ``mask``) with its two large entries exchanged, the smaller
+    raised by 0.5 %: the top singular pair swaps, the old top vectors stay singular vectors."""
+    w = weight.clone() * mask
+    flat = w.abs().flatten().argsort(descending=True)
+    first, second = flat[0], flat[1]
+    a, b = w.flatten()[first].clone(), w.flatten()[second].clone()
+    w.view(-1)[first], w.view(-1)[second] = b, a * 1.005
+    return w
+
+
+@pytest.mark.parametrize("norm", ["full", "diagonal"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_estimates_follow_a_swapped_top_pair(norm: str, dtype: torch.dtype) -> None:
+    """The warm-start trap: σ₂/σ₁ = 0.995, the estimates settled, then the top pair swaps in place. A
+    warm start cannot see it (the old vector is a singular vector of the second pair); the exact
+    path's certificate fails and the eigendecomposition finds the new top: the gap stays within the
+    report's deterministic tolerance."""
+    flow = QuARMLP(4, [2], norm=norm).to(dtype)
+    gen = rng("test_quar", "swap", norm)
+    with torch.no_grad():
+        for i, mask in enumerate((flow._mask_0, flow._mask_1)):
+            w = torch.zeros_like(mask)
+            allowed = torch.nonzero(mask * (torch.kron(torch.ones(2, 1 if i == 0 else 2), torch.eye(4))[:mask.shape[0], :mask.shape[1]]
+                                            if norm == "diagonal" else mask))
+            rows_used, cols_used, placed = set(), set(), 0
+            for r, c in allowed[torch.as_tensor(gen.permutation(len(allowed)))].tolist():
+                if r not in rows_used and c not in cols_used and placed < 2:
+                    w[r, c] = 1.0 if placed == 0 else 0.995
+                    rows_used.add(r), cols_used.add(c)
+                    placed += 1
+            getattr(flow, f"weight_{i}").copy_(w + 1e-4 * torch.randn_like(w) * mask)
+    flow.refresh_norms()
+    swapped = {f"weight_{i}": _swap_top_pair(getattr(flow, f"weight_{i}").detach(), getattr(flow, f"_mask_{i}"))
+               for i in range(2)}
+    flow.assign_parameters(**swapped)
+    with torch.no_grad():
+        flow(torch.zeros(1, 4, dtype=dtype))
+    exact = rq.exact_layer_norms(flow.to_spec())
+    for estimate, norm_value, report in zip(flow.power_iteration_state().double().numpy(), exact,
+                                            flow.last_power_iteration):
+        assert report.failure_probability == 0.0 and report.method in ("exact", "certified")
+        assert 1.0 - estimate / norm_value <= report.tolerance
+        assert estimate / norm_value - 1.0 <= report.tolerance
+
+
+@pytest.mark.parametrize("kind, config", [("quar_mlp", MLP), ("quar_conv", CONV),
+                                          ("quar_mlp", {**MLP, "norm": "diagonal"})])
+def test_a_checkpoint_reloads_exactly(kind: str, config: dict) -> None:
+    """The estimates are part of the state: a checkpoint of trained weights loaded into a fresh module
+    gives bit-identical log-densities without re-estimating; one saved after an optimiser step and
+    before any evaluation (its vectors describe the weights before the step) is re-estimated."""
+    torch.manual_seed(1)
+    flow = from_spec(_spec(kind, config, "reload")).float()
+    optimizer = torch.optim.Adam(flow.parameters(), lr=0.02)
+    x = torch.tensor(rng("test_quar", "reload-x").standard_normal((4,) + rq.event_shape(config)), dtype=torch.float32)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (-flow(x)[1].sum()).backward()
+        optimizer.step()
+    with torch.no_grad():
+        expected = flow(x)
+    fresh = from_spec(_spec(kind, config, "other")).float()
+    fresh.load_state_dict(flow.state_dict())
+    assert not fresh.is_stale()
+    with torch.no_grad():
+        got = fresh(x)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    optimizer.zero_grad()
+    (-flow(x)[1].sum()).backward()
+    optimizer.step()  # the stored vectors now describe the weights before this step
+    target = from_spec(_spec(kind, config, "target")).float()
+    target.load_state_dict(flow.state_dict())
+    assert target.is_stale()
+    with torch.no_grad():
+        target(x)
+    for estimate, norm in zip(target.power_iteration_state().double().numpy(), rq.exact_layer_norms(target.to_spec())):
+        assert_close(estimate / norm, 1.0, "norm_bound", "float32", 1)
 
 
 # ----------------------------------------------------------------------------- inverses
@@ -236,6 +319,57 @@ def test_inverse_default_follows_the_norm_option() -> None:
     assert QuARMLP(3, [2]).inverse_method == "fixed_point"
     assert QuARMLP(3, [2], norm="diagonal").inverse_method == "coordinatewise"
     assert QuARMLP(3, [2], norm="diagonal", inverse="fixed_point").config()["inverse"] == "fixed_point"
+
+
+def test_default_inverse_hands_over_when_the_fixed_point_stalls() -> None:
+    """A linear 1-D block with F′ = −0.99 in float32: the fixed point contracts at 0.99 but its residual
+    floor (rounding of x ≈ 100·y) lies above its tolerance of 32ε, so it stalls and raises; the
+    configured inverse then hands over to the coordinate-wise one, which is right to the map's
+    conditioning (100)."""
+    config = {"dim": 1, "hidden_factors": [1], "activation": "identity", "sigma": 0.999, "norm": "full"}
+    theta = 0.999 / 0.99 - 1.0  # F′ = −σ/(θ + 1) = −0.99
+    params = {"weight_0": np.ones((1, 1)), "bias_0": np.zeros(1), "weight_1": -np.ones((1, 1)), "bias_1": np.zeros(1),
+              "u_0": np.ones(1), "v_0": np.ones(1), "u_1": -np.ones(1), "v_1": np.ones(1),
+              "rho": np.array([np.log(np.expm1(theta))])}
+    spec = FlowSpec("quar_mlp", config, params)
+    flow = from_spec(spec).float()
+    y = torch.tensor(rng("test_quar", "stall-y").standard_normal((4, 1)) * 3.0, dtype=torch.float32)
+    with pytest.raises(ConvergenceError, match="stalled") as info:
+        flow.fixed_point_inverse(y)
+    assert info.value.residual > info.value.tolerance
+    exact = reference.inverse(spec, y.double().numpy())
+    with torch.no_grad():
+        x = flow.inverse(y).double().numpy()
+    assert np.max(np.abs(x - exact)) <= 1024 * 100 * torch.finfo(torch.float32).eps * np.max(np.abs(exact))
+
+
+@pytest.mark.parametrize("kind, config", [("quar_mlp", MLP), ("quar_mlp", {**MLP, "norm": "diagonal"}),
+                                          ("quar_conv", CONV)])
+def test_gradients_through_the_inverse_are_implicit(kind: str, config: dict) -> None:
+    """rsample is differentiable: the gradient of Σ w·f⁻¹(y) w.r.t. y is (I + J_F)⁻ᵀw at x = f⁻¹(y)
+    (autograd of the forward's Jacobian), and w.r.t. a weight entry it matches central differences."""
+    flow = from_spec(_spec(kind, config, "implicit"))
+    gen = rng("test_quar", "implicit-y")
+    y = torch.tensor(gen.standard_normal((2,) + rq.event_shape(config)), requires_grad=True)
+    w = torch.tensor(gen.standard_normal(y.shape))
+    x = flow.inverse(y)
+    grad_y, grad_w = torch.autograd.grad((w * x).sum(), [y, flow.weight_1])
+    size = math.prod(rq.event_shape(config))
+    for b in range(2):
+        jac = torch.eye(size, dtype=torch.float64) + torch.tensor(rq.residual_jacobian(flow.to_spec(), x[b].detach().numpy()))
+        expected = torch.linalg.solve(jac.T, w[b].reshape(-1))
+        assert_close(grad_y[b].reshape(-1).numpy(), expected.numpy(), "inverse", "float64", size)
+    index = tuple(torch.nonzero(flow._mask_1)[0].tolist())
+    original, h, values = flow.weight_1.detach().clone(), 1e-6, []
+    for sign in (1.0, -1.0):
+        moved = original.clone()
+        moved[index] += sign * h
+        flow.assign_parameters(weight_1=moved)
+        with torch.no_grad():
+            values.append(float((w * flow.inverse(y.detach())).sum()))
+    flow.assign_parameters(weight_1=original)
+    fd = (values[0] - values[1]) / (2 * h)
+    assert abs(float(grad_w[index]) - fd) <= 1e-6 * max(1.0, abs(fd))
 
 
 # ----------------------------------------------------------------------------- models

@@ -71,6 +71,25 @@ def test_log_det_is_stable_as_beta_approaches_minus_alpha(beta_hat: float) -> No
         assert_close(logdet.detach().numpy(), reference.log_abs_det(spec, x), "logdet", "float64", 4)
 
 
+@pytest.mark.parametrize("alpha_hat,beta_hat", [(22.0, 0.3), (0.3, 22.0), (21.0, 23.5)])
+def test_softplus_arguments_above_twenty_are_exact(alpha_hat: float, beta_hat: float) -> None:
+    """α = softplus(α̂) and α + β = softplus(β̂) exactly above 20, where torch's softplus returns its
+    argument (off by e^−20 ≈ 2e-9, beyond a float64 tolerance): values, log-dets and inverses."""
+    spec = _spec(3, f"large-{alpha_hat}-{beta_hat}", alpha_hat=alpha_hat, beta_hat=beta_hat)
+    flow = from_spec(spec)
+    with torch.no_grad():
+        alpha, _, alpha_beta = flow._coefficients()
+    assert float(alpha) - alpha_hat == pytest.approx(np.log1p(np.exp(-alpha_hat)), rel=1e-6)
+    assert float(alpha_beta) - beta_hat == pytest.approx(np.log1p(np.exp(-beta_hat)), rel=1e-6)
+    x = 3.0 * rng("radial-test", "large-x", alpha_hat).standard_normal((4, 3))
+    with torch.no_grad():
+        z, logdet = flow(torch.as_tensor(x))
+        x_back = flow.inverse(z)
+    assert_close(z.numpy(), reference.forward(spec, x), "forward", "float64", 3)
+    assert_close(logdet.numpy(), reference.log_abs_det(spec, x), "logdet", "float64", 3)
+    assert_close(x_back.numpy(), reference.inverse(spec, z.numpy()), "inverse", "float64", 3)
+
+
 def test_one_dimension_has_no_tangential_term() -> None:
     spec = _spec(1, "one")
     x = rng("radial-test", "one-x").standard_normal((4, 1))

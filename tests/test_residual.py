@@ -11,7 +11,7 @@ from flowspec import reference
 from flowspec.accelerated import from_spec, memory
 from flowspec.accelerated.distribution import FlowDistribution
 from flowspec.accelerated.residual import ResidualConv, ResidualMLP, configure_logdet, make_model, residual_blocks
-from flowspec.conformance import residual as suite
+from flowspec.conformance import residual as suite, stats
 from flowspec.conformance.property import CheckContext, Inconclusive
 from flowspec.conformance.seeding import rng, seed_for
 from flowspec.conformance.tolerances import assert_close
@@ -154,7 +154,71 @@ def test_statistical_property_is_inconclusive_without_a_finite_variance() -> Non
     spec = _spec("residual_mlp", "poisson", logdet="roulette", dist="poisson", dist_param=2.0, n_exact_terms=0)
     ctx = CheckContext(conformance_adapter, "residual_mlp", "float64", "cpu", data=None)
     with pytest.raises(Inconclusive, match="Poisson"):
-        suite.check_unbiased(ctx, spec, _x(spec, "poisson", 2))
+        suite.check_unbiased(ctx, [spec], _x(spec, "poisson", 2))
+
+
+def test_series_variance_against_enumeration() -> None:
+    """The series' variance over Rademacher probes, enumerated: all 2^D probes are equally likely."""
+    jac = np.array([[0.3, -0.2, 0.1], [0.25, -0.1, 0.05], [-0.15, 0.2, 0.2]])
+    config = {"logdet": "series", "n_exact_terms": 3, "probe": "rademacher"}
+    probes = np.array(list(itertools.product([-1.0, 1.0], repeat=3)))
+    values = np.array([R.estimate_from_jacobian(config, jac, v, 0) for v in probes])
+    report = R.estimate_variance(jac, config)
+    assert_close(report.mean, values.mean(), "estimate", "float64", 3)
+    assert_close(R.estimator_mean(jac, config), float(np.sum(R.trace_terms(jac, 3))), "estimate", "float64", 3)
+    assert_close(report.variance, values.var(), "estimate", "float64", 3)
+
+
+def test_surrogate_mean_is_the_expected_neumann_surrogate() -> None:
+    """E over v and N of wᵀJv (w the Neumann vector, eq. 8) by the finite identity with basis probes
+    (E_v vᵀAv = Σ_i e_iᵀAe_i): tr((I + J)⁻¹J), which is not log|det(I + J)|."""
+    spec = _spec("residual_mlp", "surrogate", logdet="roulette", dist_param=0.5, n_exact_terms=1)
+    jac = np.asarray(R.g_jacobian(spec, _x(spec, "surrogate")[0]))
+    roulette, M = R.roulette_of(spec.config), 60
+    per_n = [sum(R.neumann_vector(spec.config, jac, e, n) @ jac @ e for e in np.eye(3)) for n in range(1, M + 1)]
+    expected = R.expectation_over_n(per_n, roulette, M)
+    assert_close(R.surrogate_mean(jac, spec.config), expected, "estimate", "float64", 3)
+    bias = R.surrogate_mean(jac, spec.config) - R.estimator_mean(jac, spec.config)
+    assert 0.4 < -bias / np.trace(jac @ jac) < 0.6  # −tr(J²)/2 to second order: not a log-det estimate
+
+
+def test_concentration_bounds_a_rademacher_estimate() -> None:
+    """Every estimate — all 2^D probes, N up to where the terms vanish — lies within ``bound`` of the
+    mean, and the variance factor is the variance (Bernstein's constants)."""
+    jac = np.array([[0.3, -0.2], [0.25, -0.1]])
+    config = {"logdet": "roulette", "dist": "geometric", "dist_param": 0.3, "n_exact_terms": 1, "probe": "rademacher"}
+    bounds = R.concentration(jac, config)
+    assert bounds.finite
+    estimates = [R.estimate_from_jacobian(config, jac, np.array(v), n)
+                 for v in itertools.product([-1.0, 1.0], repeat=2) for n in range(1, 200)]
+    assert np.max(np.abs(np.array(estimates) - bounds.mean)) <= bounds.bound
+    assert bounds.variance_factor == R.estimate_variance(jac, config).variance_upper
+    assert not R.concentration(jac, {**config, "dist": "poisson", "dist_param": 2.0}).finite
+
+
+def test_concentration_bounds_a_gaussian_estimates_moment_generating_function() -> None:
+    """D = 1, v ~ N(0, 1): X = s_N v² with s_N the sum of the weighted series, so
+    E e^{λ(X − μ)} = Σ_n p(n) (1 − 2λ s_n)^(−1/2) e^{−λμ} exactly; it stays below the sub-gamma bound
+    e^{λ²v / (2(1 − c|λ|))} for |λ| < 1/c."""
+    jac = np.array([[0.45]])
+    config = {"logdet": "roulette", "dist": "geometric", "dist_param": 0.3, "n_exact_terms": 0, "probe": "gaussian"}
+    bounds = R.concentration(jac, config)
+    roulette = R.roulette_of(config)
+    s = np.array([R.estimate_from_jacobian(config, jac, np.ones(1), n) for n in range(1, 400)])
+    p = np.array([roulette.pmf(n) for n in range(1, 400)])
+    for lam in np.linspace(-0.95, 0.95, 39) / bounds.scale:
+        mgf = float(np.sum(p * (1.0 - 2.0 * lam * s) ** -0.5) * np.exp(-lam * bounds.mean))
+        assert mgf <= np.exp(lam ** 2 * bounds.variance_factor / (2.0 * (1.0 - bounds.scale * abs(lam)))) * (1 + 1e-12)
+
+
+def test_subgamma_sample_size_is_fixed_by_the_target() -> None:
+    alpha = 1e-8
+    assert_close(stats.subgamma_halfwidth(2.0, 0.0, 100, alpha), np.sqrt(4.0 * np.log(2 / alpha) / 100), "forward",
+                 "float64", 1)
+    n = stats.subgamma_samples(1.0, 0.5, alpha, 0.01, 64, 1 << 20)
+    assert n % 64 == 0 and stats.subgamma_halfwidth(1.0, 0.5, n, alpha) <= 0.01
+    assert stats.subgamma_halfwidth(1.0, 0.5, n - 64, alpha) > 0.01
+    assert stats.subgamma_samples(1.0, 0.5, alpha, 1e-6, 64, 1024) == 1024  # capped
 
 
 # ----------------------------------------------------------------------------- accelerated estimators
@@ -168,6 +232,33 @@ def test_evaluation_mode_uses_the_papers_exact_terms() -> None:
     expected = [R.logdet_estimate(spec, x[i], v[i], int(n[i]), training=False) for i in range(2)]
     assert_close(got, np.asarray(expected), "estimate", "float64", 3)
     assert R.exact_terms(spec.config, training=False) == 20
+
+
+def test_an_estimate_of_no_terms_has_gradients() -> None:
+    """m = 0 and every N = 0 (Poisson): the estimate is the constant 0, also with backward-in-forward
+    and the series' own gradient (which once asked autograd for the gradient of a constant)."""
+    spec = _spec("residual_mlp", "zero-terms", logdet="roulette", dist="poisson", dist_param=1.0, n_exact_terms=0,
+                 neumann_grad=False, grad_in_forward=True)
+    flow = from_spec(spec)
+    x = torch.as_tensor(_x(spec, "zero-terms", 2))
+    zeros = torch.zeros(2, dtype=torch.long)
+    w = torch.as_tensor(rng("residual-test", "zero-terms", "w").standard_normal((2, 3)))
+    _, g_x = flow.logdet_estimate_vjp(x, torch.ones_like(x), zeros, w, torch.tensor([1.0, 2.0], dtype=x.dtype))
+    _, expected = reference.vjp(spec, x.numpy(), w.numpy(), np.zeros(2))
+    assert_close(g_x.numpy(), expected, "grad", "float64", 3)
+
+
+def test_logdet_noise_is_what_the_forward_draws() -> None:
+    spec = _spec("residual_mlp", "noise", logdet="roulette", n_samples=2)
+    flow = from_spec(spec)
+    x = torch.as_tensor(_x(spec, "noise", 3))
+    torch.manual_seed(seed_for("residual-test", "noise"))
+    v, n = flow.logdet_noise(3)
+    torch.manual_seed(seed_for("residual-test", "noise"))
+    _, logdet = flow(x)
+    assert v.shape == (6, 3) and n.shape == (6,)
+    expected = flow.logdet_estimate(x, v, n)
+    torch.testing.assert_close(logdet.detach(), expected, rtol=0, atol=0)
 
 
 def test_a_generator_makes_the_estimate_reproducible_and_draws_are_per_sample() -> None:

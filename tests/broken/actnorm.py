@@ -26,7 +26,51 @@ class ActNormSampleStdInit(ActNorm):
         self.log_scale.sub_(0.5 * torch.log(torch.tensor(n / (n - 1.0), dtype=self.log_scale.dtype)))
 
 
+class ActNormFlagNotPersisted(ActNorm):
+    """The ``initialized`` flag is registered as a non-persistent buffer (it "is not a weight"): it is
+    left out of ``state_dict``, so a module built fresh and loaded from a checkpoint re-initialises
+    on its first training forward, overwriting the loaded bias and scale with its batch statistics."""
+
+    def __init__(self, shape, *, validate_args=None):
+        super().__init__(shape, validate_args=validate_args)
+        self.register_buffer("initialized", torch.tensor(False), persistent=False)
+
+
+class ActNormLogOfZeroStd(ActNorm):
+    """Initialisation takes −log of every channel's standard deviation, also of a constant channel's
+    (a batch of one vector, a channel with no spread): log_scale = +inf, and the first forward
+    returns 0·inf = NaN instead of centring the channel."""
+
+    @torch.no_grad()
+    def initialize(self, x):
+        values = x.detach().transpose(0, 1).reshape(self._shape[0], -1).to(torch.float64)
+        self.bias.copy_(-values.mean(dim=1))
+        self.log_scale.copy_(-torch.log(values.std(dim=1, correction=0)))
+        self.initialized.fill_(True)
+        self._ready = True
+
+
+class ActNormFusedEvalPath(ActNorm):
+    """Evaluation mode folds the map into one affine step x·s + t, with t = bias instead of
+    bias·s: (x + b)·s = x·s + b·s. Training mode, which the suite used to run alone, is right."""
+
+    def _forward(self, x, context):
+        if self.training:
+            return super()._forward(x, context)
+        self._require_initialized("a forward in evaluation mode")
+        scale = torch.exp(self._per_channel(self.log_scale))
+        z = x * scale + self._per_channel(self.bias)
+        return z, (self._positions * self.log_scale.sum()).expand(x.shape[0])
+
+
 CASES = [
+    BrokenCase("actnorm initialized flag not in the state_dict", "actnorm", ActNormFlagNotPersisted,
+               white_box=("state_round_trip",), black_box=("state_round_trip",)),
+    BrokenCase("actnorm initialisation takes log of a zero std", "actnorm", ActNormLogOfZeroStd,
+               white_box=("data_init_from_fresh",), black_box=("data_init_from_fresh",)),
+    BrokenCase("actnorm fused evaluation path forgets to scale the bias", "actnorm", ActNormFusedEvalPath,
+               white_box=("train_eval_agree", "data_init_from_fresh"),
+               black_box=("train_eval_agree", "data_init_from_fresh")),
     BrokenCase("actnorm log-det without the H·W factor", "actnorm", ActNormNoSpatialFactor,
                white_box=("logdet_matches_reference", "grad_matches_reference"),
                black_box=("logdet_matches_fd_jacobian",)),

@@ -23,7 +23,59 @@ class Conv1x1LUNoPixelFactor(Conv1x1LU):
         return z, self.log_s.sum().expand(x.shape[0])
 
 
+class Conv1x1LUCachedWeight(Conv1x1LU):
+    """Assembles W = P·L·(U + diag(s)) once, on first use, and keeps it: after load_state_dict, an
+    optimiser step or .to(dtype) the forward still applies the first weight (and the inverse, which
+    solves with the current factors, no longer inverts it)."""
+
+    def weight_matrix(self):
+        if getattr(self, "_weight_cache", None) is None:
+            self._weight_cache = super().weight_matrix()
+        return self._weight_cache
+
+
+class Conv1x1InverseWithoutGrad(Conv1x1):
+    """The inverse multiplies by W⁻¹ computed under no_grad ("the inverse is only for sampling"):
+    right values and input gradients, but no gradient reaches the weight through the inverse."""
+
+    def _inverse(self, z, context):
+        with torch.no_grad():
+            inverse = torch.linalg.inv(self.weight)
+        return (inverse @ self._pixels_as_columns(z)).reshape(z.shape)
+
+
+class Conv1x1LUInverseLogdetNoPixelFactor(Conv1x1LU):
+    """The inverse direction's log-det is −Σ log_s, without the H·W factor the forward has."""
+
+    def _inverse_and_logdet(self, z, context):
+        return self._inverse(z, context), (-self.log_s.sum()).expand(z.shape[0])
+
+
+class Conv1x1CachedInverseAcrossDtypes(Conv1x1):
+    """Caches W⁻¹ in a plain attribute, recomputed when the weight's version counter changes (so
+    optimiser steps and load_state_dict are seen), cast to z's dtype on use. ``.to(dtype)`` keeps the
+    version counter, so a flow that inverted in float32 and was converted to float64 inverts with
+    the float32 W⁻¹: float32 accuracy in a float64 flow."""
+
+    def _inverse(self, z, context):
+        version = self.weight._version
+        if getattr(self, "_inverse_cache", None) is None or self._inverse_version != version:
+            with torch.no_grad():
+                self._inverse_cache, self._inverse_version = torch.linalg.inv(self.weight), version
+        return (self._inverse_cache.to(z.dtype) @ self._pixels_as_columns(z)).reshape(z.shape)
+
+
 CASES = [
+    BrokenCase("conv1x1_lu caches the assembled weight for good", "conv1x1_lu", Conv1x1LUCachedWeight,
+               white_box=("state_round_trip", "convert_dtype"), black_box=("state_round_trip", "convert_dtype")),
+    BrokenCase("conv1x1 inverse computed without gradients", "conv1x1", Conv1x1InverseWithoutGrad,
+               white_box=("inverse_grad_matches_reference",), black_box=("inverse_grad_matches_fd",)),
+    BrokenCase("conv1x1_lu inverse log-det without the H·W factor", "conv1x1_lu",
+               Conv1x1LUInverseLogdetNoPixelFactor,
+               white_box=("inverse_logdet_matches_reference",), black_box=("inverse_logdet_matches_fd_jacobian",)),
+    BrokenCase("conv1x1 cached inverse survives .to(dtype)", "conv1x1", Conv1x1CachedInverseAcrossDtypes,
+               white_box=("convert_dtype", "inverse_grad_matches_reference"),
+               black_box=("convert_dtype", "inverse_grad_matches_fd")),
     BrokenCase("conv1x1 log-det by torch.logdet", "conv1x1", Conv1x1SignedLogdet,
                white_box=("logdet_matches_reference", "grad_matches_reference"),
                black_box=("logdet_matches_fd_jacobian",)),

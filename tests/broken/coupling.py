@@ -31,6 +31,20 @@ class CheckerboardOffByOne(AdditiveCoupling):
         return unchanged_mask(shape, mask, 1 - parity if mask == "checkerboard" else parity)
 
 
+class ConvCheckerboardFromFlatIndex(AffineCoupling):
+    """The conv conditioner's path masks with its own checkerboard plane, built from the parity of
+    the flat pixel index h·W + w. That is the parity of h + w only when W is odd (or H = 1): on an
+    even-width image it gives column stripes, so the conv path couples the wrong entries (the MLP
+    path, which gathers entries through the shared mask, is right)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.conditioner == "conv" and self._config["mask"] == "checkerboard":
+            _, height, width = self._shape
+            plane = (torch.arange(height * width).reshape(height, width) % 2 == 1) != bool(self._config["parity"])
+            self._keep = plane.expand(*self._shape).clone()
+
+
 class AffineLogdetSign(AffineCoupling):
     """Sign error: returns −Σ s."""
 
@@ -48,4 +62,7 @@ CASES = [
     BrokenCase("affine coupling log-det sign", "affine_coupling", AffineLogdetSign,
                white_box=("logdet_matches_reference", "grad_matches_reference"),
                black_box=("logdet_matches_fd_jacobian",)),
+    BrokenCase("conv conditioner's checkerboard from the flat pixel index", "affine_coupling",
+               ConvCheckerboardFromFlatIndex, white_box=("forward_matches_reference", "coupling_jacobian_structure"),
+               black_box=("coupling_jacobian_structure",)),
 ]

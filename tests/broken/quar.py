@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flowspec.accelerated.power_iteration import power_iteration
 from flowspec.accelerated.quar import QuARConv, QuARMLP, _times_derivative
 from flowspec.errors import ConvergenceError
 
@@ -119,6 +120,55 @@ class FixedPointReturnsAtCap(QuARMLP):
                 return x
 
 
+class WarmPowerIterationOnly(QuARMLP):
+    """The refresh as the warm-started power iteration alone, amortised over training steps (no
+    Lanczos restart, no probe, no exact path): after the top singular pair swaps, the stored vector
+    is a singular vector of the second pair and the stop on the change of σ̂ is met at once."""
+
+    @torch.no_grad()
+    def refresh_norms(self):
+        rtol = self._default_pi_rtol() if self.pi_rtol is None else self.pi_rtol
+        reports = []
+        for i, weight in enumerate(self.masked_weights()):
+            matvec, rmatvec, event_dims = self._operator(i, weight)
+            u, v = getattr(self, f"u_{i}"), getattr(self, f"v_{i}")
+            _, u_new, v_new, report = power_iteration(matvec, rmatvec, u, v, atol=0.0, rtol=rtol,
+                                                      max_iter=self.pi_max_iter, event_dims=event_dims)
+            u.copy_(u_new)
+            v.copy_(v_new)
+            reports.append(report)
+        self.last_power_iteration = reports
+        self._mark_fresh()
+        return self.power_iteration_state()
+
+
+class StalenessByPointer(QuARMLP):
+    """Weights tracked by their storage alone: an in-place optimiser step or edit keeps the pointer,
+    so the estimates of the weights before it are used."""
+
+    def _versions(self):
+        return tuple(w.data_ptr() for w in self.weights())
+
+
+class LoadMarksFresh(QuARMLP):
+    """A reload made exact by trusting the loaded vectors unconditionally: a checkpoint saved after an
+    edit, before any evaluation, carries vectors of the weights before the edit."""
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._mark_fresh()
+
+
+class ConvertMarksFresh(QuARConv):
+    """``.to(dtype)`` treated as never a change, marking the vectors current even when they were stale
+    before the move."""
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._mark_fresh()
+        return out
+
+
 CASES = [
     BrokenCase("quar strict MADE mask in the first layer", "quar_mlp", StrictMadeFirstLayer,
                white_box=("quar_diagonal_propagation", "forward_matches_reference"),
@@ -141,4 +191,14 @@ CASES = [
                white_box=("quar_lipschitz_bound", "forward_matches_reference")),
     BrokenCase("quar fixed-point inverse returns at its cap", "quar_mlp", FixedPointReturnsAtCap,
                white_box=("quar_option_b_inverse",)),
+    BrokenCase("quar warm power iteration only, no restart", "quar_mlp", WarmPowerIterationOnly,
+               white_box=("norm_bound_under_training", "norm_estimates_current"),
+               black_box=("norm_bound_under_training", "norm_estimates_current"), dtypes=("float32", "float64")),
+    BrokenCase("quar weights tracked by data pointer, not version", "quar_mlp", StalenessByPointer,
+               white_box=("norm_bound_under_training", "norm_estimates_current"),
+               black_box=("norm_bound_under_training", "norm_estimates_current")),
+    BrokenCase("quar load_state_dict trusts the loaded vectors", "quar_mlp", LoadMarksFresh,
+               white_box=("norm_estimates_current",), black_box=("norm_estimates_current",)),
+    BrokenCase("quar .to(dtype) marks stale vectors current", "quar_conv", ConvertMarksFresh,
+               white_box=("norm_estimates_current",), black_box=("norm_estimates_current",)),
 ]

@@ -5,8 +5,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from flowspec.accelerated.lipschitz import LipSwish, LipschitzNormalizer
+from flowspec.errors import ConvergenceError
 from flowspec.accelerated.power_iteration import PowerIterationReport
-from flowspec.accelerated.residual import RouletteDistribution, ResidualConv, ResidualMLP, _LogDetInForward
+from flowspec.accelerated.residual import (RouletteDistribution, ResidualConv, ResidualMLP, _ImplicitInverse,
+                                           _LogDetInForward)
 
 from . import BrokenCase
 
@@ -52,6 +54,76 @@ class SharedScalarBackward(ResidualMLP):
     """Backward-in-forward that multiplies every sample's gradient by one shared upstream scalar."""
 
     in_forward_function = _SharedScalar
+
+
+class _SurrogateInForward(_LogDetInForward):
+    @staticmethod
+    def forward(ctx, block, v, n, x, *params):
+        batch = x.shape[0]
+        with torch.enable_grad():
+            x_leaf = x.detach().requires_grad_(True)
+            leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
+            x_rep, gx = block._tiled_g(x_leaf, leaves, v.shape[0] // batch)
+            value, surrogate = block._series(gx, x_rep, v, n, create_graph=not block.neumann_grad)
+            trainable = [p for p in leaves if p.requires_grad]
+            grads = torch.autograd.grad(block._per_sample(surrogate, batch).sum(), [x_leaf] + trainable,
+                                        retain_graph=True, allow_unused=True)
+        ctx.block, ctx.gx, ctx.x_rep, ctx.x_leaf, ctx.leaves = block, gx, x_rep, x_leaf, leaves
+        ctx.save_for_backward(v, n, *[torch.zeros_like(t) if g is None else g for g, t in zip(grads, [x_leaf] + trainable)])
+        return gx[:batch].detach(), block._per_sample(surrogate, batch).detach()  # the surrogate, not the value
+
+
+class SurrogateAsValue(ResidualMLP):
+    """Backward-in-forward returns the quantity it differentiated — the Neumann surrogate wᵀJ_g v,
+    whose mean is tr((I + J_g)⁻¹J_g) — as the log-det of a forward with gradients (the training loss)."""
+
+    in_forward_function = _SurrogateInForward
+
+
+class SampleMajorAverage(ResidualMLP):
+    """n_samples probes are averaged as if rows were sample-major (row i·n_samples + s), while the
+    probes and the tiled input are probe-major (row s·batch + i): a sample's average mixes samples."""
+
+    @staticmethod
+    def _per_sample(values, batch):
+        return values.reshape(batch, -1).mean(1)
+
+
+class EvalWithoutExactTerms(ResidualMLP):
+    """Evaluation mode keeps the training estimator: eval_exact_terms is never used."""
+
+    def _exact_terms(self):
+        return self.n_exact_terms
+
+
+class EvalWeightsOfTraining(ResidualMLP):
+    """Evaluation mode takes max(m, eval_exact_terms) terms exactly but keeps the training estimator's
+    roulette weights c_k = 1/P(N ≥ k − n_exact_terms)."""
+
+    def _coefficients(self, n, like):
+        m = self._exact_terms()
+        roulette = self.estimator == "roulette"
+        counts = m + n if roulette else torch.full_like(n, m)
+        K = int(counts.max()) if counts.numel() else 0
+        c = [self.roulette.coefficient(k, self.n_exact_terms) if roulette else 1.0 for k in range(K + 1)]  # not m
+        ks = torch.arange(K + 1, device=n.device)
+        signs = torch.tensor([0.0] + [(-1.0) ** (k + 1) / k for k in range(1, K + 1)], dtype=torch.float64, device=n.device)
+        c_t = torch.tensor(c, dtype=torch.float64, device=n.device)
+        present = ks[:, None] <= counts[None, :]
+        grad_present = present if roulette else ks[:, None] < counts[None, :]
+        value = (signs * c_t)[:, None] * present
+        grad = ((-1.0) ** ks.double() * c_t)[:, None] * grad_present
+        return value.to(like.dtype), grad.to(like.dtype)
+
+
+class SeriesOneTermShort(ResidualMLP):
+    """The i-ResNet series sums k = 1 … m − 1 (the gradient's j < m mask reused for the value terms)."""
+
+    def _coefficients(self, n, like):
+        value, grad = super()._coefficients(n, like)
+        if self.estimator == "series":
+            value[self._exact_terms():] = 0.0
+        return value, grad
 
 
 # ----------------------------------------------------------------------------- norms and activations
@@ -124,29 +196,91 @@ class InverseWithoutCheck(ResidualMLP):
         return t
 
 
+
+class _FirstOrderAdjoint(_ImplicitInverse):
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x):
+        x, *params = ctx.saved_tensors
+        with torch.enable_grad():
+            x_leaf = x.detach().requires_grad_(True)
+            leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
+            gx = ctx.block._g(x_leaf, leaves)
+            lam = grad_x - torch.autograd.grad(gx, x_leaf, grad_x, retain_graph=True)[0]  # (I − J_g)ᵀ x̄ ≈ (I + J_g)⁻ᵀ x̄
+            trainable = [p for p in leaves if p.requires_grad]
+            grads = iter(torch.autograd.grad(gx, trainable, -lam, allow_unused=True)) if trainable else iter(())
+        return (None, lam, *[next(grads) if p.requires_grad else None for p in leaves])
+
+
+class ImplicitAdjointFirstOrder(ResidualMLP):
+    """Gradients through the inverse with the adjoint (I + J_g)⁻ᵀx̄ replaced by its first-order
+    Neumann approximation x̄ − J_gᵀx̄."""
+
+    def _inverse(self, z, context):
+        params = self._params()
+        if torch.is_grad_enabled() and (z.requires_grad or any(p.requires_grad for p in params)):
+            return _FirstOrderAdjoint.apply(self, z, *params)
+        return self._fixed_point(z, [p.detach() for p in params])
+
+
+class InverseStopOnResidual(ResidualMLP):
+    """The fixed point stops when its step ‖x_{k+1} − x_k‖ (the residual) is below rtol·max(‖y‖, 1),
+    forgetting that the residual understates the error by up to 1/(1 − L)."""
+
+    def _solve(self, step, start, target, *, floor, what):
+        rtol = self._inverse_tolerance(target.dtype)
+        threshold = rtol * target.flatten(1).norm(dim=1).clamp_min(floor)  # no (1 − L)
+        t = start
+        for _ in range(self.inverse_max_iter):
+            new = step(t)
+            change = (new - t).flatten(1).norm(dim=1)
+            t = new
+            if bool((change <= threshold).all()):
+                return t
+        raise ConvergenceError(f"fixed-point {what} did not converge", residual=float(change.max()),
+                               iterations=self.inverse_max_iter, tolerance=rtol)
+
+
 CASES = [
-    BrokenCase("roulette coefficient 1/P(N > k)", "residual_mlp", _with_distribution(_StrictTail),
-               white_box=("roulette_estimate_exact",), black_box=("roulette_unbiased_statistical",)),
-    BrokenCase("roulette draw of N off by one (torch's geometric)", "residual_mlp",
+    BrokenCase("residual roulette coefficient 1/P(N > k)", "residual_mlp", _with_distribution(_StrictTail),
+               white_box=("roulette_estimate_exact",), black_box=("estimate_unbiased_statistical",)),
+    BrokenCase("residual roulette draw of N off by one (torch's geometric)", "residual_mlp",
                _with_distribution(_TorchGeometric),
-               white_box=("roulette_sampler_fits",), black_box=("roulette_sampler_fits", "roulette_unbiased_statistical")),
-    BrokenCase("roulette without (-1)^(k+1)", "residual_mlp", MissingAlternatingSign,
+               white_box=("roulette_sampler_fits",), black_box=("roulette_sampler_fits", "estimate_unbiased_statistical")),
+    BrokenCase("residual roulette without (-1)^(k+1)", "residual_mlp", MissingAlternatingSign,
                white_box=("roulette_estimate_exact",)),
-    BrokenCase("backward-in-forward with a shared scalar", "residual_mlp", SharedScalarBackward,
-               white_box=("backward_in_forward_matches", "neumann_gradient_exact")),
-    BrokenCase("power iteration: one iteration, no tolerance", "residual_mlp",
+    BrokenCase("residual backward-in-forward with a shared scalar", "residual_mlp", SharedScalarBackward,
+               white_box=("backward_in_forward_matches", "neumann_gradient_exact"),
+               black_box=("logdet_gradient_per_sample",)),
+    BrokenCase("residual Neumann surrogate returned as the training-mode value", "residual_mlp", SurrogateAsValue,
+               white_box=("logdet_forward_exact",), black_box=("estimate_unbiased_statistical",)),
+    BrokenCase("residual n_samples averaged sample-major over probe-major rows", "residual_mlp", SampleMajorAverage,
+               white_box=("logdet_forward_exact", "backward_in_forward_matches"),
+               black_box=("logdet_gradient_per_sample",)),
+    BrokenCase("residual evaluation mode ignores eval_exact_terms", "residual_mlp", EvalWithoutExactTerms,
+               white_box=("roulette_estimate_exact", "logdet_forward_exact")),
+    BrokenCase("residual evaluation mode with the training roulette weights", "residual_mlp", EvalWeightsOfTraining,
+               white_box=("roulette_estimate_exact", "logdet_forward_exact")),
+    BrokenCase("residual series estimator one term short", "residual_mlp", SeriesOneTermShort,
+               white_box=("logdet_forward_exact",), black_box=("estimate_unbiased_statistical",)),
+    BrokenCase("residual power iteration: one iteration, no tolerance", "residual_mlp",
                _with_normalizer(ResidualMLP, _FixedIterations),
                white_box=("norm_bound_after_updates",), black_box=("norm_bound_after_updates",)),
-    BrokenCase("LipSwish without the 1/1.1", "residual_mlp", LipSwishWithoutScale,
+    BrokenCase("residual LipSwish without the 1/1.1", "residual_mlp", LipSwishWithoutScale,
                white_box=("forward_matches_reference", "activation_derivative_bound"),
                black_box=("activation_derivative_bound",)),
-    BrokenCase("conv spectral norm frozen at the first input size", "residual_conv",
+    BrokenCase("residual conv spectral norm frozen at the first input size", "residual_conv",
                _with_normalizer(ResidualConv, _FrozenSize),
                white_box=("norm_bound_after_updates",), black_box=("norm_bound_after_updates",)),
-    BrokenCase("conv norm of the reshaped kernel", "residual_conv", _with_normalizer(ResidualConv, _ReshapedKernel),
-               white_box=("norm_bound_after_updates",), black_box=("norm_bound_after_updates",)),
-    BrokenCase("coeff >= 1 accepted", "residual_mlp", CoeffUnchecked, white_box=("noncontractive_config_rejected",)),
-    BrokenCase("inverse without a convergence check", "residual_mlp", InverseWithoutCheck,
+    BrokenCase("residual conv norm of the reshaped kernel", "residual_conv", _with_normalizer(ResidualConv, _ReshapedKernel),
+               white_box=("norm_bound_after_updates", "norm_estimates_current", "norm_bound_under_training"),
+               black_box=("norm_bound_after_updates", "norm_estimates_current", "norm_bound_under_training")),
+    BrokenCase("residual coeff >= 1 accepted", "residual_mlp", CoeffUnchecked, white_box=("noncontractive_config_rejected",)),
+    BrokenCase("residual inverse without a convergence check", "residual_mlp", InverseWithoutCheck,
                white_box=("inverse_nonconvergence_reported", "inverse_matches_reference"),
                black_box=("inverse_nonconvergence_reported", "inverse_round_trip")),
+    BrokenCase("residual inverse stops on the residual without the 1 − L factor", "residual_mlp", InverseStopOnResidual,
+               white_box=("inverse_error_bound",), black_box=("inverse_error_bound",)),
+    BrokenCase("residual implicit gradient of the inverse to first order", "residual_mlp", ImplicitAdjointFirstOrder,
+               white_box=("inverse_grad_matches_reference",), black_box=("inverse_grad_matches_fd",)),
 ]
