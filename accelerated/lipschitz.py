@@ -250,39 +250,62 @@ def general_power_method(weight: Tensor, x: Tensor, p: float | Tensor, q: float 
     x ← dual_{p*}(Wᵀ dual_q(Wx)), run at once from several starts and the best kept: the warm start
     ``x``, the top right singular vector (the answer for p = q = 2, close for orders near 2), and
     e_j + 0.1 for the :data:`GENERAL_STARTS` columns of largest q-norm. Each start's σ = ‖Wx‖_q /
-    ‖x‖_p is kept only where a step increases it; after :data:`SCREENING_STEPS` steps only the starts
-    within :data:`CONTENDING` of the best go on, and the run stops when the best σ's last gain and the
-    gain still to come at the observed linear rate (gain·r/(1 − r), r the ratio of the last two gains)
-    are both at most ``atol + rtol·σ``, or after ``max_iter`` steps. Returns (σ̂, x, report): σ̂ is a lower bound,
-    a local maximum — an estimate with no guarantee (the report says so)."""
+    ‖x‖_p is kept only where a step increases it; each step is also extrapolated by Aitken's rule and the
+    extrapolation kept where it raises σ (:func:`_extrapolated`). A start's limit is extrapolated at its observed
+    linear rate (σ plus gain·r/(1 − r), r the ratio of its last two gains); after
+    :data:`SCREENING_STEPS` steps, starts below :data:`CONTENDING` of the best, or whose limit
+    cannot reach the best, are dropped, and the run stops when every remaining start's last gain and
+    gain still to come are at most ``atol + rtol·σ``, or after ``max_iter`` steps. Returns
+    (σ̂, x, report): σ̂ is a lower bound, a local maximum — an estimate with no guarantee (the report
+    says so)."""
     check_tolerances(atol, rtol, max_iter)
     p, q = float(p), float(q)  # learned orders: their values now (no gradient flows through the iteration)
     p_dual = dual_order(p)
     starts = _general_starts(weight, x, q)
     starts = starts / _vector_norm(starts, p, 0).clamp_min(torch.finfo(x.dtype).tiny)
     sigma = _vector_norm(weight @ starts, q, 0)
-    change, iterations, gain = math.inf, 0, math.inf
+    last_gain, last_step = torch.full_like(sigma, math.inf), torch.zeros_like(starts)
+    change, iterations = math.inf, 0
     for iterations in range(1, max_iter + 1):
-        if iterations == SCREENING_STEPS:  # from here on, only the contenders
-            keep = sigma >= CONTENDING * sigma.max()
-            starts, sigma = starts[:, keep], sigma[keep]
         candidate = _dual(weight.T @ _dual(weight @ starts, q), p_dual)
+        candidate, step = _extrapolated(weight, candidate, candidate - starts, last_step, p, q)
         new_sigma = _vector_norm(weight @ candidate, q, 0)
-        better = new_sigma > sigma
-        best = sigma.max()
-        starts = torch.where(better[None, :], candidate, starts)
+        gain = (new_sigma - sigma).clamp_min(0.0)
+        improved = new_sigma > sigma
+        starts = torch.where(improved[None, :], candidate, starts)
+        last_step = torch.where(improved[None, :], step, torch.zeros_like(step))
         sigma = torch.maximum(sigma, new_sigma)
-        gain, last_gain = float(sigma.max() - best), gain if iterations > 1 else math.inf
-        change = gain / max(float(sigma.max()), torch.finfo(x.dtype).tiny)
-        rate = min(gain / last_gain, MAX_RATE) if last_gain > 0 else 0.0
-        remaining = gain * rate / (1.0 - rate)  # what a linearly converging ascent has still to gain
-        if iterations >= SCREENING_STEPS and max(gain, remaining) <= atol + rtol * float(sigma.max()):
+        rate = torch.where(last_gain > 0, gain / last_gain, torch.zeros_like(gain)).clamp(0.0, MAX_RATE)
+        remaining, last_gain = gain * rate / (1.0 - rate), gain
+        best = sigma.max()
+        tolerance = atol + rtol * float(best)
+        change = float((gain / best.clamp_min(torch.finfo(x.dtype).tiny)).max())
+        if iterations < SCREENING_STEPS:
+            continue
+        keep = (sigma >= CONTENDING * best) & ((sigma + remaining >= best - tolerance) | (sigma == best))
+        starts, sigma, last_gain, gain, remaining, last_step = (
+            t[..., keep] for t in (starts, sigma, last_gain, gain, remaining, last_step))
+        if bool((torch.maximum(gain, remaining) <= tolerance).all()):
             break
     else:
         best_start = int(sigma.argmax())
         return sigma[best_start], starts[:, best_start], PowerIterationReport(iterations, True, change)
     best_start = int(sigma.argmax())
     return sigma[best_start], starts[:, best_start], PowerIterationReport(iterations, False, change)
+
+
+def _extrapolated(weight: Tensor, candidate: Tensor, step: Tensor, last_step: Tensor, p: float,
+                  q: float) -> tuple[Tensor, Tensor]:
+    """Aitken's extrapolation of a linearly converging iterate, kept per start only where it raises σ:
+    with the step ratio ρ = ⟨d_k, d_{k−1}⟩/‖d_{k−1}‖² the geometric tail ρ/(1 − ρ)·d_k is added to the
+    iterate (renormalised in the p-norm). Returns the iterates and their steps."""
+    norm = (last_step * last_step).sum(0)
+    ratio = torch.where(norm > 0, (step * last_step).sum(0) / norm.clamp_min(torch.finfo(step.dtype).tiny),
+                        torch.zeros_like(norm)).clamp(0.0, MAX_RATE)
+    jumped = candidate + (ratio / (1.0 - ratio))[None, :] * step
+    jumped = jumped / _vector_norm(jumped, p, 0).clamp_min(torch.finfo(step.dtype).tiny)
+    better = _vector_norm(weight @ jumped, q, 0) > _vector_norm(weight @ candidate, q, 0)
+    return torch.where(better[None, :], jumped, candidate), step
 
 
 def _general_starts(weight: Tensor, x: Tensor, q: float) -> Tensor:
