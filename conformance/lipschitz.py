@@ -281,6 +281,21 @@ def swap_top_pair(matrix: np.ndarray, margin: float = 0.005) -> np.ndarray:
     return (left * values) @ right
 
 
+def swapped_layers(weights: dict, names, swap) -> dict:
+    """``weights`` with ``swap`` applied to each named layer's matrix (a convolution's centre tap,
+    where the two-path matrices of :func:`two_path_matrix` live)."""
+    out = dict(weights)
+    for name in names:
+        w = np.array(weights[name])
+        if w.ndim == 4:
+            c_h, c_w = w.shape[2] // 2, w.shape[3] // 2
+            w[:, :, c_h, c_w] = swap(w[:, :, c_h, c_w])
+            out[name] = w
+        else:
+            out[name] = swap(w)
+    return out
+
+
 # ----------------------------------------------------------------------------- the residual view
 
 class ResidualView(NormView):
@@ -355,16 +370,7 @@ class ResidualView(NormView):
         return out
 
     def swapped(self, spec, weights):
-        out = dict(weights)
-        for name in R.weight_constraints(spec):
-            w = np.asarray(weights[name])
-            if w.ndim == 2:
-                out[name] = swap_top_pair(w)
-            else:
-                centre = w.copy()
-                centre[:, :, w.shape[2] // 2, w.shape[3] // 2] = swap_top_pair(w[:, :, w.shape[2] // 2, w.shape[3] // 2])
-                out[name] = centre
-        return out
+        return swapped_layers(weights, R.weight_constraints(spec), swap_top_pair)
 
     def suite_settings(self, spec, dtype):
         return _capped(spec, dtype)

@@ -53,7 +53,7 @@ from flowspec.reference.norms import spectral_norm
 from flowspec.spec import FlowSpec
 
 from .covering import axis, declare_axes
-from .lipschitz import Claim, NormView, claims, norm_cap, register_view, two_path_matrix
+from .lipschitz import Claim, NormView, claims, norm_cap, register_view, swapped_layers, two_path_matrix
 from .property import CheckContext, PropertyFailure, prop
 from .seeding import rng
 from .strategies import MAGNITUDES, SEEDS, config, event_size, from_configs, register_specs, sizes
@@ -545,17 +545,7 @@ class QuARView(NormView):
         return out
 
     def swapped(self, spec, weights):
-        out = dict(weights)
-        for name in self.layer_names(spec):
-            w = np.asarray(weights[name])
-            if w.ndim == 4:
-                c = w.shape[-1] // 2
-                w = w.copy()
-                w[:, :, c, c] = swap_two_largest(w[:, :, c, c])
-                out[name] = w
-            else:
-                out[name] = swap_two_largest(w)
-        return out
+        return swapped_layers(weights, self.layer_names(spec), swap_two_largest)
 
 
 register_view(KINDS, QuARView())

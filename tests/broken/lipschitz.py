@@ -11,7 +11,7 @@ from flowspec.accelerated.residual import ResidualConv, ResidualMLP
 from . import BrokenCase
 
 
-def _with_normalizer(base: type, normalizer: type) -> type:
+def with_normalizer(base: type, normalizer: type) -> type:
     class Block(base):
         def _build_layers(self, **layout):
             layers = super()._build_layers(**layout)
@@ -70,14 +70,14 @@ class _SizeBlindEvalCache(LipschitzNormalizer):
 
 CASES = [
     BrokenCase("lipschitz power iteration with its own budget, honestly capped", "residual_mlp",
-               _with_normalizer(ResidualMLP, _OwnIterationBudget),
+               with_normalizer(ResidualMLP, _OwnIterationBudget),
                white_box=("norm_bound_after_updates", "norm_bound_under_training"),
                black_box=("norm_bound_after_updates", "norm_bound_under_training")),
     BrokenCase("lipschitz evaluation-mode estimate keyed on the weight's data pointer", "residual_mlp",
-               _with_normalizer(ResidualMLP, _PointerKeyedCache),
+               with_normalizer(ResidualMLP, _PointerKeyedCache),
                white_box=("norm_bound_after_updates", "norm_estimates_current"),
                black_box=("norm_bound_after_updates", "norm_estimates_current")),
     BrokenCase("lipschitz conv evaluation-mode weight cached across input sizes", "residual_conv",
-               _with_normalizer(ResidualConv, _SizeBlindEvalCache),
+               with_normalizer(ResidualConv, _SizeBlindEvalCache),
                white_box=("norm_bound_after_updates",), black_box=("norm_bound_after_updates",)),
 ]

@@ -11,6 +11,7 @@ from flowspec.accelerated.residual import (RouletteDistribution, ResidualConv, R
                                            _LogDetInForward)
 
 from . import BrokenCase
+from .lipschitz import with_normalizer
 
 
 # ----------------------------------------------------------------------------- roulette estimator
@@ -150,14 +151,6 @@ class _ReshapedKernel(LipschitzNormalizer):
         return torch.linalg.matrix_norm(weight.reshape(weight.shape[0], -1), 2)
 
 
-def _with_normalizer(base: type, normalizer: type) -> type:
-    class Block(base):
-        def _build_layers(self, **layout):
-            layers = super()._build_layers(**layout)
-            for layer in layers:
-                layer.normalizer.__class__ = normalizer
-            return layers
-    return Block
 
 
 class _UnscaledLipSwish(LipSwish):
@@ -264,15 +257,15 @@ CASES = [
     BrokenCase("residual series estimator one term short", "residual_mlp", SeriesOneTermShort,
                white_box=("logdet_forward_exact",), black_box=("estimate_unbiased_statistical",)),
     BrokenCase("residual power iteration: one iteration, no tolerance", "residual_mlp",
-               _with_normalizer(ResidualMLP, _FixedIterations),
+               with_normalizer(ResidualMLP, _FixedIterations),
                white_box=("norm_bound_after_updates",), black_box=("norm_bound_after_updates",)),
     BrokenCase("residual LipSwish without the 1/1.1", "residual_mlp", LipSwishWithoutScale,
                white_box=("forward_matches_reference", "activation_derivative_bound"),
                black_box=("activation_derivative_bound",)),
     BrokenCase("residual conv spectral norm frozen at the first input size", "residual_conv",
-               _with_normalizer(ResidualConv, _FrozenSize),
+               with_normalizer(ResidualConv, _FrozenSize),
                white_box=("norm_bound_after_updates",), black_box=("norm_bound_after_updates",)),
-    BrokenCase("residual conv norm of the reshaped kernel", "residual_conv", _with_normalizer(ResidualConv, _ReshapedKernel),
+    BrokenCase("residual conv norm of the reshaped kernel", "residual_conv", with_normalizer(ResidualConv, _ReshapedKernel),
                white_box=("norm_bound_after_updates", "norm_estimates_current", "norm_bound_under_training"),
                black_box=("norm_bound_after_updates", "norm_estimates_current", "norm_bound_under_training")),
     BrokenCase("residual coeff >= 1 accepted", "residual_mlp", CoeffUnchecked, white_box=("noncontractive_config_rejected",)),
