@@ -98,23 +98,16 @@ class Flow(nn.Module):
     # ------------------------------------------------------------------ public API
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(z, log|det ∂z/∂x|)`` for a batch ``x`` of shape ``(batch, *event_shape)``."""
-        if self.validate_args:
-            self._check(x, self.event_shape, self.domain, "x")
-            self._check_context(context, x.shape[0])
+        self._check_call(x, self.event_shape, self.domain, "x", context)
         z, logdet = self._forward(x, context)
-        if self.validate_args:
-            self._check_output(z, "forward")
-            self._check_output(logdet, "log|det|")
+        self._check_outputs(forward=z, **{"log|det|": logdet})
         return z, logdet
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """``x = f⁻¹(z)`` for a batch ``z`` of shape ``(batch, *latent_shape)``."""
-        if self.validate_args:
-            self._check(z, self.latent_shape, self.codomain, "z")
-            self._check_context(context, z.shape[0])
+        self._check_call(z, self.latent_shape, self.codomain, "z", context)
         x = self._inverse(z, context)
-        if self.validate_args:
-            self._check_output(x, "inverse")
+        self._check_outputs(inverse=x)
         return x
 
     def inverse_and_logdet(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -122,13 +115,9 @@ class Flow(nn.Module):
         ``−log|det ∂z/∂x|`` at x (inverse function theorem). Generic: the inverse, then the
         negated log-det of a forward at the solved point; kinds that know it directly override
         :meth:`_inverse_and_logdet`."""
-        if self.validate_args:
-            self._check(z, self.latent_shape, self.codomain, "z")
-            self._check_context(context, z.shape[0])
+        self._check_call(z, self.latent_shape, self.codomain, "z", context)
         x, logdet = self._inverse_and_logdet(z, context)
-        if self.validate_args:
-            self._check_output(x, "inverse")
-            self._check_output(logdet, "log|det| of the inverse")
+        self._check_outputs(inverse=x, **{"log|det| of the inverse": logdet})
         return x, logdet
 
     def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -255,6 +244,19 @@ class Flow(nn.Module):
         self._check(context, self.context_shape, (None, None), "context")
         if context.shape[0] != batch:
             raise FlowInputError(f"context has batch size {context.shape[0]}, the input {batch}")
+
+    def _check_call(self, t: Any, shape: tuple[int, ...], bounds: tuple[float | None, float | None], what: str,
+                    context: Tensor | None) -> None:
+        """Validate a call's input and its context (when validation is on)."""
+        if self.validate_args:
+            self._check(t, shape, bounds, what)
+            self._check_context(context, t.shape[0])
+
+    def _check_outputs(self, **outputs: Tensor) -> None:
+        """Validate a call's outputs, by name (when validation is on)."""
+        if self.validate_args:
+            for what, t in outputs.items():
+                self._check_output(t, what)
 
     def _check_output(self, t: Tensor, what: str) -> None:
         if not bool(torch.isfinite(t).all()):

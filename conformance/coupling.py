@@ -131,13 +131,9 @@ def coupling_jacobian_structure(ctx: CheckContext) -> None:
     keep = unchanged_mask(cfg.shape, cfg.mask, cfg.parity).ravel()
     size = keep.size
     identity = np.eye(size)
-    for b in range(x.shape[0]):
-        c_b = None if c is None else c[b:b + 1]
-
-        def f(points: np.ndarray, c_b=c_b) -> np.ndarray:
-            return ctx.adapter.forward(flow, points, None if c_b is None else np.repeat(c_b, len(points), 0))[0]
-
-        jac = finite_diff.jacobian(f, x[b:b + 1], ctx.dtype, REAL)[0]
+    jacobians = finite_diff.per_sample_jacobians(lambda p, cc: ctx.adapter.forward(flow, p, cc)[0], x, c,
+                                                 ctx.dtype, REAL)
+    for jac in jacobians:
         ctx.assert_close(jac[keep], identity[keep], "fd_jacobian", size, "∂z/∂x on the unchanged rows")
         block = jac[np.ix_(~keep, ~keep)]
         expected = np.diag(np.diag(block)) if cfg.scale_factor is not None else np.eye(len(block))

@@ -89,3 +89,20 @@ def jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, dtype: str, d
             estimate = np.where(better[:, None], refined, estimate)
         out.append(estimate.T)
     return np.stack(out)
+
+
+def per_sample_jacobians(call: Callable[[np.ndarray, np.ndarray | None], np.ndarray], x: np.ndarray,
+                         context: np.ndarray | None, dtype: str, domain: Domain, scale: float = 1.0) -> np.ndarray:
+    """:func:`jacobian` of ``call(points, context)`` (a batched map, rows flattened per sample) at each
+    sample of ``x`` with that sample's own context row: ``(B, D_out, D)``. ``scale`` multiplies every
+    step (the map is evaluated at x + scale·(p − x) for the stencil's points p)."""
+    out = []
+    for b in range(x.shape[0]):
+        c_b, x_b = None if context is None else context[b:b + 1], x[b:b + 1]
+
+        def f(points: np.ndarray, c_b=c_b, x_b=x_b) -> np.ndarray:
+            at = points if scale == 1.0 else x_b + scale * (points - x_b)
+            return call(at, None if c_b is None else np.repeat(c_b, len(points), 0))
+
+        out.append(jacobian(f, x_b, dtype, domain)[0] / scale)
+    return np.stack(out)

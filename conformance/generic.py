@@ -60,16 +60,11 @@ def fd_jacobians(ctx: CheckContext, flow, spec, x: np.ndarray, c: np.ndarray | N
     """Richardson central-difference Jacobians ``(B, D, D)`` of the implementation's forward (or,
     with ``inverse``, its inverse) at each sample of ``x``, each with its own context row."""
     kind = registry.get(spec.kind)
-    call = ctx.adapter.inverse if inverse else (lambda *a: ctx.adapter.forward(*a)[0])
-    out = []
-    for b in range(x.shape[0]):
-        c_b = None if c is None else c[b:b + 1]
-
-        def f(points: np.ndarray, c_b=c_b) -> np.ndarray:
-            return call(flow, points, None if c_b is None else np.repeat(c_b, len(points), 0))
-
-        out.append(finite_diff.jacobian(f, x[b:b + 1], ctx.dtype, kind.codomain_of(spec.config) if inverse else kind.domain)[0])
-    return np.stack(out)
+    if inverse:
+        return finite_diff.per_sample_jacobians(lambda p, cc: ctx.adapter.inverse(flow, p, cc), x, c, ctx.dtype,
+                                                kind.codomain_of(spec.config))
+    return finite_diff.per_sample_jacobians(lambda p, cc: ctx.adapter.forward(flow, p, cc)[0], x, c, ctx.dtype,
+                                            kind.domain)
 
 
 @prop("inverse_matches_reference", requires=["white_box", "inverse"])

@@ -56,18 +56,8 @@ Batched = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 def fd_jacobians_of(ctx: CheckContext, call: Batched, x: np.ndarray, c: np.ndarray | None,
                     domain: Domain, scale: float = 1.0) -> np.ndarray:
-    """Richardson central-difference Jacobians ``(B, D_out, D)`` of ``call(points, context)`` (rows
-    flattened per sample) at each sample of ``x``, each with its own context row; ``scale``
-    multiplies every step (the map is evaluated at x + scale·(p − x) for the stencil's p)."""
-    out = []
-    for b in range(x.shape[0]):
-        c_b, x_b = None if c is None else c[b:b + 1], x[b:b + 1]
-
-        def f(points: np.ndarray, c_b=c_b, x_b=x_b) -> np.ndarray:
-            return call(x_b + scale * (points - x_b), None if c_b is None else np.repeat(c_b, len(points), 0))
-
-        out.append(finite_diff.jacobian(f, x_b, ctx.dtype, domain)[0] / scale)
-    return np.stack(out)
+    """:func:`~.finite_diff.per_sample_jacobians` at the context's dtype."""
+    return finite_diff.per_sample_jacobians(call, x, c, ctx.dtype, domain, scale)
 
 
 SMOOTHNESS_SCALE = 0.25

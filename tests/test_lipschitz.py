@@ -232,13 +232,14 @@ def test_exact_tolerance_covers_the_rounding() -> None:
             applied = float((u.double() @ torch.as_tensor(matrix) @ v.double()))
             assert 1.0 - applied / float(spectral_norm(matrix)) <= report.tolerance
             assert report.tolerance == exact_tolerance(30, 20, dtype)
+            assert report.tolerance <= tolerance("norm_bound", str(dtype).removeprefix("torch."), 1)  # the suite's cap
 
 
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_conv_operator_matrix_is_the_reference_operator(kernel: int) -> None:
     weight = rng("lipschitz-test", "operator", kernel).standard_normal((3, 2, kernel, kernel))
     got = conv_operator_matrix(torch.as_tensor(weight), (4, 5), kernel // 2, 10 ** 6)
-    np.testing.assert_allclose(got.numpy(), conv_matrix(weight, (2, 4, 5)), rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(got.numpy(), conv_matrix(weight, (2, 4, 5)))  # entries are copies of weights
     assert conv_operator_matrix(torch.as_tensor(weight), (4, 5), kernel // 2, 39) is None
 
 

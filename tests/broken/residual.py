@@ -102,19 +102,12 @@ class EvalWeightsOfTraining(ResidualMLP):
     roulette weights c_k = 1/P(N ≥ k − n_exact_terms)."""
 
     def _coefficients(self, n, like):
-        m = self._exact_terms()
-        roulette = self.estimator == "roulette"
-        counts = m + n if roulette else torch.full_like(n, m)
-        K = int(counts.max()) if counts.numel() else 0
-        c = [self.roulette.coefficient(k, self.n_exact_terms) if roulette else 1.0 for k in range(K + 1)]  # not m
-        ks = torch.arange(K + 1, device=n.device)
-        signs = torch.tensor([0.0] + [(-1.0) ** (k + 1) / k for k in range(1, K + 1)], dtype=torch.float64, device=n.device)
-        c_t = torch.tensor(c, dtype=torch.float64, device=n.device)
-        present = ks[:, None] <= counts[None, :]
-        grad_present = present if roulette else ks[:, None] < counts[None, :]
-        value = (signs * c_t)[:, None] * present
-        grad = ((-1.0) ** ks.double() * c_t)[:, None] * grad_present
-        return value.to(like.dtype), grad.to(like.dtype)
+        coefficient, training_terms = self.roulette.coefficient, self.n_exact_terms
+        self.roulette.coefficient = lambda k, m: coefficient(k, training_terms)  # not m
+        try:
+            return super()._coefficients(n, like)
+        finally:
+            del self.roulette.coefficient
 
 
 class SeriesOneTermShort(ResidualMLP):
