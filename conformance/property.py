@@ -97,7 +97,12 @@ class CheckContext:
     def assert_close(self, actual: Any, expected: Any, quantity: str, size: int, what: str,
                      condition: float = 1.0) -> float:
         """Compare by :func:`relative_error` against the table's tolerance (for the rows that scale
-        with it, at the Jacobian's ``condition`` number); record the error."""
+        with it, at the Jacobian's ``condition`` number); record the error. A shape mismatch is
+        reported as such."""
+        actual_shape, expected_shape = np.shape(actual), np.shape(expected)
+        if actual_shape != expected_shape:
+            self.record(float("inf"), 0.0)
+            raise PropertyFailure(f"{what}: shape mismatch: got {actual_shape}, expected {expected_shape}")
         err, tol = relative_error(actual, expected), self.tol(quantity, size, condition)
         self.record(err, tol)
         if not err <= tol:

@@ -6,12 +6,10 @@ Properties (see each docstring):
    diagonal of the reference's full Jacobian and is not identically zero (a strict MADE mask gives
    a valid, volume-preserving flow that every other check would pass);
    ``quar_logdet_not_zero`` — the same, black-box, on the implementation's log-det.
-2. ``quar_forbidden_entries_zero`` — every entry above the diagonal (in the kind's autoregressive
-   order) of the implementation's own autograd Jacobian is exactly zero;
-   ``quar_forbidden_entries_zero_fd`` — the same with one-sided finite differences (black-box):
-   outputs must not change at all when a later input moves. The suite runs inside
-   :meth:`Adapter.checking` (deterministic convolutions, no TF32 on CUDA), so that a backend can
-   neither hide nor fake a leak.
+2. Triangularity: the kinds declare ``forbidden`` (every entry above the diagonal in their
+   autoregressive order), so :mod:`.structure`'s ``autoregressive_forbidden_entries_zero`` (the
+   implementation's own autograd Jacobian) and ``autoregressive_forbidden_entries_zero_fd``
+   (one-sided finite differences) apply to them, as to every autoregressive kind.
 3. log|det| = slogdet of the full Jacobian: the generic ``logdet_matches_reference`` and
    ``logdet_matches_fd_jacobian``.
 4. ``quar_block_power_iteration`` — App. C's warm-start trap under option (b): estimates converged
@@ -190,54 +188,6 @@ def quar_logdet_not_zero(ctx: CheckContext) -> None:
     ctx.require(float(np.max(np.abs(logdet))) > tol,
                 f"log|det| is {np.max(np.abs(logdet)):.1e} ≤ {tol:.1e} at every sample: the diagonal of the "
                 f"Jacobian is zero, the flow volume-preserving (a strict MADE mask?)")
-
-
-# ----------------------------------------------------------------------------- 2. triangularity
-
-def _require_forbidden_zero(ctx: CheckContext, spec: FlowSpec, jac: np.ndarray, what: str) -> None:
-    forbidden = rq.forbidden(spec.config)
-    leak = np.abs(jac[:, forbidden])
-    worst = float(leak.max()) if leak.size else 0.0
-    ctx.record(worst, 0.0)
-    if worst != 0.0:
-        b, k = np.unravel_index(int(np.argmax(leak)), leak.shape)
-        i, j = np.argwhere(forbidden)[k]
-        raise PropertyFailure(
-            f"{what}: {int((leak != 0).sum())} entries above the diagonal (in the autoregressive order) are "
-            f"non-zero, the largest {worst:.3e} for output {i} and input {j} (C-order flat indices): "
-            f"a future input leaks", worst, 0.0)
-
-
-@prop("quar_forbidden_entries_zero", requires=["white_box", "jacobian"], kinds=KINDS)
-def quar_forbidden_entries_zero(ctx: CheckContext) -> None:
-    """Every entry above the diagonal of the implementation's own autograd Jacobian is exactly zero
-    (and that Jacobian is the reference's)."""
-    spec = ctx.draw_spec()
-    x = ctx.draw_input(spec, batch=2)
-    jac = np.asarray(ctx.adapter.call_hook(ctx.load(spec), "jacobian", x))
-    _require_forbidden_zero(ctx, spec, jac, "autograd Jacobian")
-    ctx.assert_close(jac, reference.jacobian(spec, x), "grad", event_size(spec), "the hook's Jacobian")
-
-
-@prop("quar_forbidden_entries_zero_fd", requires=["black_box"], kinds=KINDS)
-def quar_forbidden_entries_zero_fd(ctx: CheckContext) -> None:
-    """Outputs do not change at all when a later input moves: one-sided finite differences with a
-    step of max(1, |x_j|) along every coordinate are exactly zero above the diagonal. The moved
-    points and the unmoved point are evaluated at matching batch positions (a batched matrix product
-    may round a row differently at another position)."""
-    spec = ctx.draw_spec()
-    x = ctx.draw_input(spec, batch=2)
-    flow = ctx.instantiate(spec)
-    size, event = event_size(spec), tuple(x.shape[1:])
-    changes = []
-    for sample in x.reshape(x.shape[0], size):
-        base = np.repeat(sample[None, :], size, axis=0)
-        moved = base.copy()
-        moved[np.arange(size), np.arange(size)] += np.maximum(1.0, np.abs(sample))
-        z_base = ctx.adapter.forward(flow, base.reshape((size,) + event))[0].reshape(size, size)
-        z_moved = ctx.adapter.forward(flow, moved.reshape((size,) + event))[0].reshape(size, size)
-        changes.append((z_moved - z_base).T)  # [i, j]: change of output i when input j moves
-    _require_forbidden_zero(ctx, spec, np.stack(changes), "one-sided finite differences")
 
 
 # ----------------------------------------------------------------------------- 4. App. C pitfalls

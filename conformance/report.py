@@ -1,9 +1,11 @@
 """The kind × property table and the JSON report."""
 from __future__ import annotations
 
+import importlib
 import json
+import platform
 from collections import Counter
-from typing import Iterable
+from typing import Any, Iterable
 
 from .covering import DECLARED, Coverage
 from .runner import STATUSES, Result
@@ -94,9 +96,43 @@ def coverage_summary(results: Iterable[Result]) -> str:
                           for kind, axes_ in gaps.items() for name, v in axes_.items())
 
 
-def to_json(results: Iterable[Result], path: str, *, adapter: str, profile: str) -> None:
+SCHEMA_VERSION = 2
+"""Version of the JSON report's layout: 2 added ``schema_version`` and the ``header``."""
+
+
+def _version(module: str) -> str | None:
+    try:
+        return str(importlib.import_module(module).__version__)
+    except Exception:  # noqa: BLE001 - an absent or version-less module is recorded as None
+        return None
+
+
+def header(adapter: Any, profile: str, devices: Iterable[str]) -> dict[str, Any]:
+    """What a run depends on: the seed, the profile, the versions, the implementation and the devices."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .seeding import base_seed
+
+    try:
+        flowspec_version = version("flowspec")
+    except PackageNotFoundError:
+        flowspec_version = None
+    impl_module = type(adapter).__module__.split(".")[0]
+    return {
+        "seed": base_seed(), "profile": profile, "devices": list(devices), "adapter": adapter.name,
+        "implementation": {"module": impl_module, "version": _version(impl_module)},
+        "versions": {"flowspec": flowspec_version, "torch": _version("torch"), "numpy": _version("numpy"),
+                     "hypothesis": _version("hypothesis"), "python": platform.python_version()},
+    }
+
+
+def to_json(results: Iterable[Result], path: str, *, adapter: Any, profile: str, devices: Iterable[str] = ("cpu",)) -> None:
+    """Write ``{"schema_version", "header", "coverage", "results"}``; ``results`` is one record per
+    (kind, property, dtype, device), as the table's cells."""
     results = list(results)
     records = [r.to_json() for r in results]
     kinds = {kind: cov.to_json() for kind, cov in coverage(results).items()}
+    document = {"schema_version": SCHEMA_VERSION, "header": header(adapter, profile, devices), "coverage": kinds,
+                "results": records}
     with open(path, "w") as fh:
-        json.dump({"adapter": adapter, "profile": profile, "coverage": kinds, "results": records}, fh, indent=1)
+        json.dump(document, fh, indent=1)

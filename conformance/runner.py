@@ -18,6 +18,10 @@ from .seeding import seed_for
 STATUSES = ("passed", "failed", "inconclusive", "not_supported", "skipped")
 
 
+class SelectionError(ValueError):
+    """``kinds`` or ``properties`` name something the suite does not know."""
+
+
 class _RunFailed(Exception):
     """Raised by every example after the first failure of a covering run (see :func:`run_one`)."""
 
@@ -131,10 +135,13 @@ def applicable(kinds: Iterable[str] | None, properties: Iterable[str] | None) ->
     from . import load_families
 
     load_families()
-    kind_names = [k for k in (kinds or registry.names()) if strategies.has_specs(k)]
-    unknown = set(kinds or ()) - set(registry.names())
+    unknown = sorted(set(kinds or ()) - set(registry.names()))
     if unknown:
-        raise ValueError(f"unknown kinds: {sorted(unknown)}")
+        raise SelectionError(f"unknown kinds {unknown}; known: {', '.join(registry.names())}")
+    missing = sorted(set(properties or ()) - set(PROPERTIES))
+    if missing:
+        raise SelectionError(f"unknown properties {missing}; known: {', '.join(sorted(PROPERTIES))}")
+    kind_names = [k for k in (kinds or registry.names()) if strategies.has_specs(k)]
     props = [PROPERTIES[p] for p in properties] if properties else list(PROPERTIES.values())
     return [(k, p) for k in kind_names for p in props if p.applies(k)]
 
@@ -150,12 +157,6 @@ def run(
     progress: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """Run the suite; ``progress`` is called with each result as it is produced."""
-    from . import load_families
-
-    load_families()
-    unknown = set(properties or ()) - set(PROPERTIES)
-    if unknown:
-        raise ValueError(f"unknown properties: {sorted(unknown)}; known: {sorted(PROPERTIES)}")
     results = []
     for kind, prop in applicable(kinds, properties):
         for dtype in dtypes:

@@ -1,6 +1,6 @@
 """The one place randomness is seeded.
 
-Every random draw in the suite and the project's tests derives from :data:`BASE_SEED` and a tuple
+Every random draw in the suite and the project's tests derives from :func:`base_seed` (``FLOWSPEC_SEED``) and a tuple
 of keys (kind, property, example, ...), so a run is reproducible and two checks never share a
 stream by accident. Set ``FLOWSPEC_SEED`` in the environment to explore other streams.
 """
@@ -11,12 +11,22 @@ import os
 
 import numpy as np
 
-BASE_SEED = int(os.environ.get("FLOWSPEC_SEED", "20261122"))
+DEFAULT_SEED = 20261122
+
+
+def base_seed() -> int:
+    """``FLOWSPEC_SEED`` from the environment (default :data:`DEFAULT_SEED`), read at each call so
+    that a bad value is reported where a seed is first needed, as a clear error."""
+    text = os.environ.get("FLOWSPEC_SEED", str(DEFAULT_SEED))
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"FLOWSPEC_SEED must be an integer, got {text!r}") from None
 
 
 def seed_for(*keys: object) -> int:
-    """A 63-bit seed derived from :data:`BASE_SEED` and ``keys`` (stable across runs and platforms)."""
-    digest = hashlib.sha256(repr((BASE_SEED,) + keys).encode()).digest()
+    """A 63-bit seed derived from :func:`base_seed` and ``keys`` (stable across runs and platforms)."""
+    digest = hashlib.sha256(repr((base_seed(),) + keys).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 

@@ -129,6 +129,8 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, quantity: str, dtype:
 
     For tests and users' own checks, so that every comparison draws on this one table.
     """
+    if np.shape(actual) != np.shape(expected):
+        raise AssertionError(f"{what or quantity}: shape mismatch: got {np.shape(actual)}, expected {np.shape(expected)}")
     err, tol = relative_error(actual, expected), tolerance(quantity, dtype, size)
     if not err <= tol:
         raise AssertionError(f"{what or quantity}: relative error {err:.3e} > tolerance {tol:.1e} "
