@@ -1,6 +1,7 @@
 """Runs properties against an adapter and collects one :class:`Result` per (kind, property, dtype, device)."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
@@ -155,14 +156,23 @@ def run(
     devices: Iterable[str] = ("cpu",),
     profile: str = "ci",
     progress: Callable[[Result], None] | None = None,
+    timeout: float | None = None,
 ) -> list[Result]:
-    """Run the suite; ``progress`` is called with each result as it is produced."""
+    """Run the suite; ``progress`` is called with each result as it is produced. With a ``timeout``
+    (seconds per property) every property runs in a worker process that is killed and replaced
+    when it overruns (:mod:`.worker`); the property is then ``failed`` with "timed out"."""
+    from .worker import Worker
+
+    tasks = [(kind, prop.name, dtype, device, profile) for kind, prop in applicable(kinds, properties)
+             for dtype in dtypes for device in devices]
     results = []
-    for kind, prop in applicable(kinds, properties):
-        for dtype in dtypes:
-            for device in devices:
-                result = run_one(adapter, prop, kind, dtype, device, profile)
-                results.append(result)
-                if progress:
-                    progress(result)
+    with contextlib.ExitStack() as stack:
+        worker = None if timeout is None else stack.enter_context(Worker(adapter, timeout))
+        for task in tasks:
+            kind, name, dtype, device, _ = task
+            result = run_one(adapter, PROPERTIES[name], kind, dtype, device, profile) if worker is None \
+                else worker.run(task)
+            results.append(result)
+            if progress:
+                progress(result)
     return results

@@ -25,6 +25,11 @@ adapter, an adapter factory that raises, a device that is not there, an empty se
 unwritable ``--json`` path, a bad ``FLOWSPEC_SEED``) and when nothing at all was checked."""
 
 
+DEFAULT_TIMEOUT = 600.0
+"""Seconds a property may take before it is reported as timed out (the default run's slowest
+property takes well under a minute on one core)."""
+
+
 class UsageError(Exception):
     """A set-up problem reported in one line with exit code 2 (``--debug`` shows the traceback)."""
 
@@ -39,6 +44,9 @@ def _conformance_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtypes", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="time limit per property, after which it fails as timed out (default: %(default)s; "
+                        "0: no limit, properties run in this process)")
     p.add_argument("--debug", action="store_true", help="show the traceback of a set-up error")
     p.set_defaults(func=_run_conformance)
 
@@ -65,6 +73,8 @@ def _setup(args: argparse.Namespace) -> tuple:
 
     base_seed()
     _check_json_path(args.json)
+    if args.timeout < 0:
+        raise UsageError(f"--timeout must be ≥ 0 seconds, got {args.timeout:g}")
     try:
         adapter = conformance.resolve(args.impl)
     except Exception as exc:  # noqa: BLE001 - import errors, factories that raise, non-adapters
@@ -108,7 +118,7 @@ def _report(args: argparse.Namespace, adapter, devices: list[str]) -> int:
 
     results = conformance.run(
         adapter, kinds=args.kinds, properties=args.properties, dtypes=args.dtypes, devices=devices,
-        profile=args.profile, progress=progress,
+        profile=args.profile, progress=progress, timeout=args.timeout or None,
     )
     print(f"flowspec conformance: {adapter.name}, profile {args.profile}, devices {', '.join(devices)}\n")
     print(report.table(results))

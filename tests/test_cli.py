@@ -123,3 +123,36 @@ def test_a_shape_mismatch_is_reported_as_such() -> None:
     ctx = CheckContext(adapter=None, kind="logit", dtype="float64", device="cpu", data=None)
     with pytest.raises(PropertyFailure, match=r"shape mismatch: got \(3, 2\), expected \(3, 4\)"):
         ctx.assert_close(np.zeros((3, 2)), np.zeros((3, 4)), "forward", 4, "z")
+
+
+HANGING = textwrap.dedent("""
+    import os
+    import time
+
+    from flowspec.accelerated.adapter import AcceleratedAdapter
+    from flowspec.accelerated.elementwise import ElementwiseAffine, Sigmoid
+
+    class Hangs(ElementwiseAffine):
+        def _forward(self, x, context):
+            time.sleep(3600)  # a kernel that never returns
+
+    class Crashes(Sigmoid):
+        def _forward(self, x, context):
+            os._exit(3)  # native code that takes the process down
+
+    ADAPTER = AcceleratedAdapter({"elementwise_affine": Hangs, "sigmoid": Crashes})
+""")
+
+
+def test_a_hanging_or_crashing_property_fails_and_the_run_continues(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "hanging_adapter.py").write_text(HANGING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "report.json"
+    code = main(["conformance", "--quiet", "--impl", "hanging_adapter:ADAPTER", "--kinds", "elementwise_affine",
+                 "sigmoid", "logit", "--properties", "forward_matches_reference", "--dtypes", "float64",
+                 "--timeout", "4", "--json", str(path)])
+    assert code == EXIT_FAILED
+    status = {r["kind"]: (r["status"], r["message"]) for r in json.loads(path.read_text())["results"]}
+    assert status["elementwise_affine"][0] == "failed" and "timed out after 4 s" in status["elementwise_affine"][1]
+    assert status["sigmoid"][0] == "failed" and "worker process died (exit code 3)" in status["sigmoid"][1]
+    assert status["logit"][0] == "passed"  # a fresh worker checks the next property
