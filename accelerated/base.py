@@ -43,15 +43,28 @@ def _module(kind: str) -> type["Flow"]:
         ) from None
 
 
+DTYPES = (torch.float32, torch.float64)
+"""The dtypes flows are built and checked in (float16 and bfloat16 are not checked by anything)."""
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ConfigError(f"flowspec.accelerated supports dtypes torch.float32 and torch.float64, got {dtype!r}")
+    return dtype
+
+
 def from_spec(spec: FlowSpec, *, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> "Flow":
-    """Build the accelerated flow described by ``spec`` (any registered kind)."""
-    return _module(spec.kind).from_spec(spec).to(dtype=dtype, device=device)
+    """Build the accelerated flow described by ``spec`` (any registered kind) in ``dtype``
+    (:data:`DTYPES`)."""
+    if not isinstance(spec, FlowSpec):
+        raise ConfigError(f"from_spec needs a FlowSpec (FlowSpec.from_json reads JSON), got {type(spec).__name__}")
+    return _module(spec.kind).from_spec(spec).to(dtype=_check_dtype(dtype), device=device)
 
 
 def fresh_from_spec(spec: FlowSpec, *, dtype: torch.dtype = torch.float64, device: Any = "cpu") -> "Flow":
     """The flow of ``spec``'s kind and config as constructed, before data-dependent initialisation
     (:meth:`Flow.fresh_from_spec`)."""
-    return _module(spec.kind).fresh_from_spec(spec).to(dtype=dtype, device=device)
+    return _module(spec.kind).fresh_from_spec(spec).to(dtype=_check_dtype(dtype), device=device)
 
 
 def _describe_bad(t: Tensor) -> str:

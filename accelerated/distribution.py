@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from flowspec.errors import FlowInputError
+
 from .base import Flow, batch_sum
 
 
@@ -35,11 +37,20 @@ class FlowDistribution(torch.distributions.Distribution):
 
     def rsample(self, sample_shape: Sequence[int] = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
         shape = torch.Size(sample_shape)
-        n = math.prod(shape) if self.context is None else self.context.shape[0]
+        n = math.prod(shape) if self.context is None else self._conditional_count(shape)
         anchor = self.flow._anchor
         z = torch.randn((n, *self.flow.latent_shape), dtype=anchor.dtype, device=anchor.device, generator=generator)
         x = self.flow.inverse(z, self.context)
         return x.reshape(*shape, *self.flow.event_shape) if self.context is None else x
+
+    def _conditional_count(self, shape: torch.Size) -> int:
+        """A conditional distribution draws one sample per context row: ``sample_shape`` must be
+        ``()`` or ``(rows,)``."""
+        rows = self.context.shape[0]
+        if tuple(shape) not in ((), (rows,)):
+            raise FlowInputError(f"a conditional distribution draws one sample per context row ({rows} rows); "
+                                 f"sample_shape must be () or ({rows},), got {tuple(shape)}")
+        return rows
 
     def sample(self, sample_shape: Sequence[int] = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
         with torch.no_grad():

@@ -11,6 +11,18 @@ from flowspec.spec import FlowSpec
 from .base import Flow, from_spec, fresh_from_spec, register
 
 
+def _check_chain(flows: Sequence[Any]) -> None:
+    """Every child is a :class:`Flow` and each one's latent shape is the next one's event shape (a
+    broadcastable mismatch would otherwise run and sum log-dets of different sizes)."""
+    for i, child in enumerate(flows):
+        if not isinstance(child, Flow):
+            raise ConfigError(f"child {i} of a sequential flow is a {type(child).__name__}, not a flowspec Flow")
+    for i, (a, b) in enumerate(zip(flows[:-1], flows[1:])):
+        if tuple(a.latent_shape) != tuple(b.event_shape):
+            raise ConfigError(f"child {i} of a sequential flow outputs latents of shape {tuple(a.latent_shape)} "
+                              f"but child {i + 1} ({b.kind}) takes inputs of shape {tuple(b.event_shape)}")
+
+
 @register("sequential")
 class Sequential(Flow):
     """Children applied first to last in the forward direction, last to first in the inverse.
@@ -22,6 +34,7 @@ class Sequential(Flow):
         super().__init__(validate_args=validate_args)
         if not flows:
             raise ConfigError("a sequential flow needs at least one child")
+        _check_chain(flows)
         for child in flows:
             child.validate_args = False  # the sequence validates its own input and output
         self.flows = nn.ModuleList(flows)

@@ -41,6 +41,10 @@ def _check_param(name: str, value: Any) -> ParamValue:
     if array.dtype.kind not in "biuf":
         raise ConfigError(f"param {name!r} must be numeric, got dtype {array.dtype}")
     array = np.array(array, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise ConfigError(f"param {name!r} holds NaN or inf at index {tuple(int(i) for i in bad)} "
+                          f"({int((~np.isfinite(array)).sum())} entries in all)")
     array.setflags(write=False)
     return array
 
@@ -106,20 +110,48 @@ class FlowSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FlowSpec":
-        def decode(value: Mapping[str, Any]) -> ParamValue:
-            if "spec" in value:
-                return cls.from_dict(value["spec"])
-            return np.asarray(value["data"], dtype=np.float64).reshape(value["shape"])
+    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> "FlowSpec":
+        """The spec of :meth:`to_dict`'s layout; a malformed one raises :class:`ConfigError` naming
+        the entry (``where`` is its path, for nested specs)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+        missing = [key for key in ("kind", "config", "params") if key not in data]
+        if missing:
+            raise ConfigError(f"{where} lacks {missing} (a spec has 'kind', 'config' and 'params')")
+        for key in ("config", "params"):
+            if not isinstance(data[key], Mapping):
+                raise ConfigError(f"{where}['{key}'] must be a JSON object, got {type(data[key]).__name__}")
+        params = {k: cls._decode(v, f"{where}['params'][{k!r}]") for k, v in data["params"].items()}
+        return cls(data["kind"], data["config"], params)
 
-        return cls(data["kind"], data["config"], {k: decode(v) for k, v in data["params"].items()})
+    @classmethod
+    def _decode(cls, value: Any, where: str) -> ParamValue:
+        if isinstance(value, Mapping) and "spec" in value:
+            return cls.from_dict(value["spec"], f"{where}['spec']")
+        if not isinstance(value, Mapping) or not {"data", "shape"} <= set(value):
+            raise ConfigError(f"{where} must be {{'shape': [...], 'data': [...]}} or {{'spec': {{...}}}}, got {value!r:.80}")
+        shape, data = value["shape"], value["data"]
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                  for n in shape):
+            raise ConfigError(f"{where}['shape'] must be a list of non-negative ints, got {shape!r:.80}")
+        if not isinstance(data, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data):
+            raise ConfigError(f"{where}['data'] must be a flat list of numbers, got {data!r:.80}")
+        if len(data) != int(np.prod(shape)):
+            raise ConfigError(f"{where} has {len(data)} numbers in 'data' but its shape {shape} needs {int(np.prod(shape))}")
+        return np.asarray(data, dtype=np.float64).reshape(shape)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> "FlowSpec":
-        return cls.from_dict(json.loads(text))
+        if not isinstance(text, (str, bytes)):
+            raise ConfigError(f"from_json reads a JSON string, got {type(text).__name__}")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"a spec's JSON does not parse: {exc}") from None
+        return cls.from_dict(data)
 
     def __repr__(self) -> str:
         shapes = {k: (v.kind if isinstance(v, FlowSpec) else tuple(np.shape(v))) for k, v in self.params.items()}
