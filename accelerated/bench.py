@@ -36,10 +36,14 @@ training-step memory flat within 5 % from 2 to 20 exact terms.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import torch
@@ -576,7 +580,7 @@ def _describe_sizes() -> str:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench compare`` to the ``flowspec`` command."""
+    """Add ``bench compare`` and ``bench peers`` (:func:`load_peers`) to the ``flowspec`` command."""
     bench = subparsers.add_parser("bench", help="benchmarks of the accelerated flows")
     sub = bench.add_subparsers(dest="bench_command", required=True)
     p = sub.add_parser(
@@ -600,6 +604,53 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "blocks only (default: %(default)s)")
     p.add_argument("--plot", default="bench-compare.png", help="PNG of time and memory against input size")
     p.set_defaults(func=run_compare_command)
+    _add_peers_parser(sub)
+
+
+#: ``flowspec bench peers`` runs the comparison of the source checkout's ``benchmarks/peers.py``
+#: (``benchmarks/`` is not an installed package), found next to the folder of this package.
+PEERS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+PEERS_MODULE = "flowspec_benchmarks_peers"
+
+
+def load_peers(path: Path | None = None) -> ModuleType:
+    """The module ``benchmarks/peers.py`` (default :data:`PEERS_SCRIPT`) loaded by path, once;
+    ``ConfigError`` when flowspec is installed without its source tree."""
+    if PEERS_MODULE in sys.modules:
+        return sys.modules[PEERS_MODULE]
+    path = path or PEERS_SCRIPT
+    if not path.is_file():
+        raise ConfigError(f"flowspec bench peers needs the source checkout's {path.parent.name}/{path.name}, "
+                          f"which is not at {path} (an installed flowspec has no benchmarks/ folder)")
+    spec = importlib.util.spec_from_file_location(PEERS_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PEERS_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[PEERS_MODULE]
+        raise
+    return module
+
+
+def _add_peers_parser(sub: argparse._SubParsersAction) -> None:
+    """``bench peers``: its options and its run come from :func:`load_peers`; without the script the
+    command says why and exits 2."""
+    try:
+        peers = load_peers()
+    except Exception as exc:  # noqa: BLE001 - a missing or broken script must not break the other commands
+        p = sub.add_parser("peers", help="flowspec against zuko and nflows (unavailable here)", description=str(exc))
+        p.set_defaults(func=lambda args, exc=exc: _peers_unavailable(exc))
+        return
+    p = sub.add_parser("peers", help="MAF and neural spline flows against zuko and nflows, the same architecture",
+                       description=peers.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    peers.add_arguments(p)
+    p.set_defaults(func=peers.run_command)
+
+
+def _peers_unavailable(exc: Exception) -> int:
+    print(f"flowspec bench peers: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 2
 
 
 def _settings(args: argparse.Namespace) -> Settings:

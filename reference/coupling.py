@@ -76,10 +76,13 @@ class CouplingConfig:
     activation: str
     context_dim: int
     scale_factor: float | None
+    law_outputs: int | None = None  # k of a law other than these two (the spline's 3K − 1)
 
     @property
     def outputs_per_entry(self) -> int:
-        """k: conditioner outputs per transformed entry (t; or s_raw and t)."""
+        """k: conditioner outputs per transformed entry (t; or s_raw and t; or ``law_outputs``)."""
+        if self.law_outputs is not None:
+            return self.law_outputs
         return 1 if self.scale_factor is None else 2
 
 
@@ -195,7 +198,11 @@ def conditioner(spec: FlowSpec, cfg: CouplingConfig, h: Any) -> Any:
 
 def init_params(config: Mapping[str, Any], rng: np.random.Generator, affine: bool) -> dict[str, np.ndarray]:
     """Generic random weights, N(0, 1/fan_in), and biases, N(0, 0.5²), the last layer included."""
-    cfg = parse_config(config, affine)
+    return init_conditioner(parse_config(config, affine), rng)
+
+
+def init_conditioner(cfg: CouplingConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The conditioner's params for ``cfg`` as :func:`init_params` draws them."""
     taps = KERNEL * KERNEL if cfg.conditioner == "conv" else 1
     params = {}
     for i, (n_in, n_out) in enumerate(_layer_sizes(cfg)):
