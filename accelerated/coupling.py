@@ -119,6 +119,11 @@ class _Coupling(Flow):
         """The transformed values and the per-entry log-scale (None: volume preserving)."""
         raise NotImplementedError
 
+    def _law_values(self, values: Tensor, h: Tensor, inverse: bool) -> Tensor:
+        """The transformed values alone (the inverse's sampling path, which discards the log-det);
+        laws whose log-det costs extra work override it."""
+        return self._law(values, h, inverse)[0]
+
     def _conditioner_input(self, x: Tensor, context: Tensor | None) -> Tensor:
         """``b⊙x`` for the conv net; the unchanged entries (flat order) then the context for the MLP."""
         if self.conditioner == "conv":
@@ -126,16 +131,19 @@ class _Coupling(Flow):
         kept = x.reshape(x.shape[0], -1)[:, self._keep_idx]
         return kept if context is None else torch.cat([kept, context], dim=1)
 
-    def _couple(self, x: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        """One direction of the layer: (output, Σ log-scale over the transformed entries)."""
+    def _couple(self, x: Tensor, context: Tensor | None, inverse: bool,
+                with_logdet: bool = True) -> tuple[Tensor, Tensor]:
+        """One direction of the layer: (output, Σ log-scale over the transformed entries; zeros
+        without ``with_logdet``)."""
         h = self.net(self._conditioner_input(x, context))
+        law = self._law if with_logdet else lambda v, hh, inv: (self._law_values(v, hh, inv), None)
         if self.conditioner == "conv":
-            values, log_scale = self._law(x, h, inverse)
+            values, log_scale = law(x, h, inverse)
             out = torch.where(self._keep, x, values)
             total = None if log_scale is None else batch_sum(log_scale.masked_fill(self._keep, 0.0))
         else:
             flat = x.reshape(x.shape[0], -1)
-            values, log_scale = self._law(flat[:, self._trans_idx], h, inverse)
+            values, log_scale = law(flat[:, self._trans_idx], h, inverse)
             out = torch.cat([flat[:, self._keep_idx], values], dim=1)[:, self._perm].reshape(x.shape)
             total = None if log_scale is None else log_scale.sum(dim=1)
         return out, x.new_zeros(x.shape[0]) if total is None else total
@@ -144,7 +152,7 @@ class _Coupling(Flow):
         return self._couple(x, context, inverse=False)
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
-        return self._couple(z, context, inverse=True)[0]
+        return self._couple(z, context, inverse=True, with_logdet=False)[0]
 
 
 @register("additive_coupling")

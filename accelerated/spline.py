@@ -71,11 +71,12 @@ class RationalQuadratic:
         where eq. 5's denominator turns negative."""
         return self._root(a, b, c).clamp(0.0, 1.0)
 
-    def _spline(self, x: Tensor, raw: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
+    def _spline(self, x: Tensor, raw: Tensor, inverse: bool = False,
+                with_log: bool = True) -> tuple[Tensor, Tensor | None]:
         """(y, log dy/dx) elementwise, or with ``inverse`` (x, log dx/dy) at the solved x; ``raw`` of
         shape ``x.shape + (3K − 1,)`` laid out [widths | heights | interior derivatives], or
         broadcastable to it (the ``spline`` kind's shared parameters: the knots are then computed
-        once, not per sample)."""
+        once, not per sample). Without ``with_log`` the log-derivative is not computed (None)."""
         k = (raw.shape[-1] + 1) // 3
         knots = (*x.shape, k + 1)
         xs = self._knots(self._bin_sizes(raw[..., :k], self.min_width)).expand(knots)
@@ -98,6 +99,8 @@ class RationalQuadratic:
             xi = (v - x0) / width
             t = xi * (1.0 - xi)
             out = y0 + height * (s * xi * xi + d0 * t) / (s + curve * t)
+        if not with_log:
+            return torch.where(inside, out, x), None
         t = xi * (1.0 - xi)
         log_slope = (2.0 * torch.log(s) + torch.log(d1 * xi * xi + 2.0 * s * t + d0 * (1.0 - xi) ** 2)
                      - 2.0 * torch.log(s + curve * t))
@@ -203,6 +206,10 @@ class SplineCoupling(RationalQuadratic, _Coupling):
 
     def _law(self, values: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor | None]:
         return self._spline(values, per_entry(h, self.outputs_per_entry), inverse)
+
+    def _law_values(self, values: Tensor, h: Tensor, inverse: bool) -> Tensor:
+        """Sampling discards the log-derivative: the kernel skips it."""
+        return self._spline(values, per_entry(h, self.outputs_per_entry), inverse, with_log=False)[0]
 
     def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """log|det ∂x/∂z| from the kernel's inverse log-derivatives, in the one pass."""
