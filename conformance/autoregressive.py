@@ -45,7 +45,7 @@ from .covering import axis, declare_axes, salt
 from .generic import fd_jacobians
 from .property import CheckContext, prop
 from .seeding import rng
-from .strategies import SEEDS, event_size, from_configs, register_specs, sizes
+from .strategies import SEEDS, event_size, from_configs, register_specs, scaled_last_layer, sizes
 
 KINDS = ("maf", "iaf")
 ORDER_CHOICES = ("natural", "reversed", "random")
@@ -79,12 +79,7 @@ def made_configs(draw: Any) -> dict[str, Any]:
 
 def _scaled(spec: FlowSpec, shift: float, log_scale: float) -> FlowSpec:
     """``spec`` with the μ rows of the MADE's last layer scaled by ``shift``, the α rows by ``log_scale``."""
-    layers = sum(1 for name in spec.params if name.startswith("net.") and name.endswith(".weight"))
-    last = f"net.{2 * (layers - 1)}"
-    factor = np.repeat([shift, log_scale], spec.params[f"{last}.bias"].shape[0] // 2)
-    scaled = {f"{last}.weight": factor[:, None] * spec.params[f"{last}.weight"],
-              f"{last}.bias": factor * spec.params[f"{last}.bias"]}
-    return FlowSpec(spec.kind, spec.config, {**spec.params, **scaled})
+    return scaled_last_layer(spec, np.repeat([shift, log_scale], spec.config["dim"]))
 
 
 def _interval_net(spec: FlowSpec, masks: list[np.ndarray], activation: str, lo: np.ndarray,

@@ -27,11 +27,11 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from flowspec.reference.conv_autoregressive import ACTIVATIONS, TRANSFORMS, parse_config
+from flowspec.reference.conv_autoregressive import ACTIVATIONS, TRANSFORMS
 from flowspec.spec import FlowSpec
 
 from .covering import axis, declare_axes
-from .strategies import from_configs, register_specs, sizes
+from .strategies import from_configs, register_specs, scaled_last_layer, sizes
 
 KINDS = ("pixelcnn_autoregressive", "causal_autoregressive")
 PIXEL_KERNELS = (1, 3, 5)
@@ -70,11 +70,7 @@ def causal_configs(draw: Any) -> dict[str, Any]:
 
 def in_regime(spec: FlowSpec, regime: str) -> FlowSpec:
     """``spec`` with the conditioner's last layer scaled by :data:`STRONG_FACTOR` in the ``strong`` regime."""
-    if regime == "init":
-        return spec
-    last = f"net.{2 * parse_config(spec.config, spec.kind).depth}"
-    scaled = {f"{last}.{name}": STRONG_FACTOR * spec.params[f"{last}.{name}"] for name in ("weight", "bias")}
-    return FlowSpec(spec.kind, spec.config, {**spec.params, **scaled})
+    return spec if regime == "init" else scaled_last_layer(spec, STRONG_FACTOR)
 
 
 def _specs(kind: str, configs: st.SearchStrategy) -> st.SearchStrategy:

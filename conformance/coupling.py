@@ -32,7 +32,7 @@ from flowspec.spec import FlowSpec
 from . import finite_diff
 from .covering import axis, declare_axes
 from .property import CheckContext, prop
-from .strategies import from_configs, register_specs, sizes
+from .strategies import from_configs, register_specs, scaled_last_layer, sizes
 
 KINDS = ("additive_coupling", "affine_coupling")
 CONDITIONER_MASKS = tuple(f"{c}/{m}" for c in CONDITIONERS for m in MASKS)
@@ -90,12 +90,7 @@ def child_configs(shape: list[int], context_dim: int, affine: bool) -> st.Search
 
 def in_regime(spec: FlowSpec, regime: str) -> FlowSpec:
     """``spec`` with its conditioner's last layer scaled by :data:`RAW_FACTOR` in the ``large`` regime."""
-    if regime == "init":
-        return spec
-    last = f"net.{2 * parse_config(spec.config, spec.kind == 'affine_coupling').depth}"
-    scaled = {f"{last}.weight": RAW_FACTOR * spec.params[f"{last}.weight"],
-              f"{last}.bias": RAW_FACTOR * spec.params[f"{last}.bias"]}
-    return FlowSpec(spec.kind, spec.config, {**spec.params, **scaled})
+    return spec if regime == "init" else scaled_last_layer(spec, RAW_FACTOR)
 
 
 def _specs(kind: str) -> st.SearchStrategy:

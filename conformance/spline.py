@@ -43,7 +43,7 @@ from . import autoregressive, coupling
 from .covering import axis, declare_axes, salt
 from .property import CheckContext, prop
 from .seeding import rng
-from .strategies import SEEDS, event_size, from_configs, register_specs, sizes
+from .strategies import SEEDS, event_size, from_configs, register_specs, scaled_last_layer, sizes
 from .tolerances import MAX_CONDITION
 
 KINDS = ("spline", "spline_coupling", "spline_autoregressive")
@@ -90,14 +90,7 @@ def _conditioned_specs(draw: Any, kind: str) -> FlowSpec:
     regime, keys = draw(_spline_part())
     base = coupling.layer_configs(False) if kind == "spline_coupling" else autoregressive.made_configs()
     spec = draw(from_configs(kind, st.builds(lambda c: {**c, **keys}, base)))
-    return spec if regime == "init" else _scaled_last_layer(spec)
-
-
-def _scaled_last_layer(spec: FlowSpec) -> FlowSpec:
-    """The conditioner's last layer (weight and bias) times :data:`RAW_FACTOR`."""
-    last = max(int(name.split(".")[1]) for name in spec.params if name.startswith("net."))
-    scaled = {f"net.{last}.{p}": RAW_FACTOR * spec.params[f"net.{last}.{p}"] for p in ("weight", "bias")}
-    return FlowSpec(spec.kind, spec.config, {**spec.params, **scaled})
+    return spec if regime == "init" else scaled_last_layer(spec, RAW_FACTOR)
 
 
 @register_specs("spline")

@@ -118,5 +118,17 @@ def config(**fields: Any) -> st.SearchStrategy:
     return st.fixed_dictionaries({k: v if isinstance(v, st.SearchStrategy) else st.just(v) for k, v in fields.items()})
 
 
+def scaled_last_layer(spec: FlowSpec, factor: float | np.ndarray) -> FlowSpec:
+    """``spec`` with its conditioner's last layer (``net.{2L}.weight`` and ``.bias``, the largest
+    index) multiplied by ``factor``: a number, or one factor per output row. The strategies' large
+    regimes push conditioner outputs (raw scales, shifts, bin logits) across their range with it."""
+    last = f"net.{max(int(name.split('.')[1]) for name in spec.params if name.startswith('net.'))}"
+    bias = spec.params[f"{last}.bias"]
+    rows = np.broadcast_to(np.asarray(factor, dtype=np.float64), bias.shape)
+    weight = spec.params[f"{last}.weight"]
+    scaled = {f"{last}.weight": rows.reshape((-1,) + (1,) * (weight.ndim - 1)) * weight, f"{last}.bias": rows * bias}
+    return FlowSpec(spec.kind, spec.config, {**spec.params, **scaled})
+
+
 def event_size(spec: FlowSpec) -> int:
     return int(np.prod(registry.get(spec.kind).event_shape(spec.config)))
