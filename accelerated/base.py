@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flowspec import registry
 from flowspec.errors import ConfigError, DomainError, FlowInputError, NumericalError
 from flowspec.spec import FlowSpec
 
@@ -58,6 +59,7 @@ def from_spec(spec: FlowSpec, *, dtype: torch.dtype = torch.float64, device: Any
     (:data:`DTYPES`)."""
     if not isinstance(spec, FlowSpec):
         raise ConfigError(f"from_spec needs a FlowSpec (FlowSpec.from_json reads JSON), got {type(spec).__name__}")
+    registry.get(spec.kind).validate_config(spec.config)
     return _module(spec.kind).from_spec(spec).to(dtype=_check_dtype(dtype), device=device)
 
 
@@ -112,6 +114,8 @@ class Flow(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(z, log|det ∂z/∂x|)`` for a batch ``x`` of shape ``(batch, *event_shape)``."""
         self._check_call(x, self.event_shape, self.domain, "x", context)
+        if x.shape[0] == 0:  # an empty batch: empty results of the right shapes (README, "Empty batches")
+            return x.new_zeros((0,) + tuple(self.latent_shape)), x.new_zeros(0)
         z, logdet = self._forward(x, context)
         self._check_outputs(forward=z, **{"log|det|": logdet})
         return z, logdet
@@ -119,6 +123,8 @@ class Flow(nn.Module):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """``x = f⁻¹(z)`` for a batch ``z`` of shape ``(batch, *latent_shape)``."""
         self._check_call(z, self.latent_shape, self.codomain, "z", context)
+        if z.shape[0] == 0:
+            return z.new_zeros((0,) + tuple(self.event_shape))
         x = self._inverse(z, context)
         self._check_outputs(inverse=x)
         return x
@@ -129,6 +135,8 @@ class Flow(nn.Module):
         negated log-det of a forward at the solved point; kinds that know it directly override
         :meth:`_inverse_and_logdet`."""
         self._check_call(z, self.latent_shape, self.codomain, "z", context)
+        if z.shape[0] == 0:
+            return z.new_zeros((0,) + tuple(self.event_shape)), z.new_zeros(0)
         x, logdet = self._inverse_and_logdet(z, context)
         self._check_outputs(inverse=x, **{"log|det| of the inverse": logdet})
         return x, logdet
@@ -285,6 +293,26 @@ def softplus(a: Tensor) -> Tensor:
     log-det's gradient (a derivative of the Jacobian) reaches."""
     positive = a.clamp(min=0.0)
     return torch.where(a > 0, positive + torch.log1p(torch.exp(-positive)), torch.log1p(torch.exp(a.clamp(max=0.0))))
+
+
+def sample_norm(t: Tensor) -> Tensor:
+    """The 2-norm of each sample (all but the first axis), overflow-safe: computed as m·‖t/m‖ with m
+    the sample's largest |entry|, so a float32 sample of entries near 1e20 (whose squares overflow)
+    has its true norm; a sample holding inf or NaN gets inf or NaN."""
+    flat = t.reshape(t.shape[0], -1)
+    if flat.shape[1] == 0:
+        return flat.new_zeros(flat.shape[0])
+    m = flat.abs().amax(dim=1, keepdim=True)
+    safe = torch.where((m > 0) & torch.isfinite(m), m, torch.ones_like(m))
+    return torch.where(torch.isfinite(m[:, 0]), (flat / safe).norm(dim=1) * safe[:, 0], m[:, 0])
+
+
+def relative_norm(t: Tensor, ref: Tensor, floor: float = 1.0) -> Tensor:
+    """‖t_i‖ / max(‖ref_i‖, floor) per sample, overflow-safe: both are divided by max(max|ref_i|, floor)
+    first, so inputs whose norm exceeds the dtype's range (a float32 sample near 3e38) still give the
+    right ratio (the stopping rules of the fixed-point inverses)."""
+    m = ref.reshape(ref.shape[0], -1).abs().amax(dim=1).clamp_min(floor).reshape((-1,) + (1,) * (t.dim() - 1))
+    return sample_norm(t / m) / sample_norm(ref / m).clamp_min(floor / m.reshape(-1))
 
 
 def batch_sum(t: Tensor) -> Tensor:

@@ -9,7 +9,9 @@ With the mask ``b`` (True on the entries that pass unchanged) and a conditioner 
 
 The MLP conditioner gathers the unchanged entries (flat order) and the context and outputs
 ``k·n_t`` values for the ``n_t`` transformed entries; the conv conditioner (3×3 convolutions, zero
-padding) reads the masked image and outputs ``k·C`` channels used where ``b = 0``. With ``k = 2``
+padding) and the attention conditioner (Flow++'s gated convolution and self-attention blocks,
+:mod:`.attention`) read the masked image, followed on the channel axis by an image context of
+``context_channels`` channels, and output ``k·C`` channels used where ``b = 0``. With ``k = 2``
 the first half of the output is ``s_raw`` and the second ``t``. The inverse reads the same
 unchanged entries from z, so it is exact and as fast as the forward.
 """
@@ -21,10 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from flowspec import registry
+from flowspec.reference.coupling import DEFAULTS, IMAGE_CONDITIONERS
 
+from .attention import attention_net
 from .base import Flow, batch_sum, register
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+BLOCKS, HEADS = DEFAULTS["blocks"], DEFAULTS["heads"]
 
 
 def unchanged_mask(shape: Sequence[int], mask: str, parity: int) -> Tensor:
@@ -46,9 +51,13 @@ def unchanged_mask(shape: Sequence[int], mask: str, parity: int) -> Tensor:
 
 
 def conditioner_net(
-    kind: str, n_in: int, n_out: int, hidden: int, depth: int, activation: str
+    kind: str, n_in: int, n_out: int, hidden: int, depth: int, activation: str, *,
+    blocks: int = BLOCKS, heads: int = HEADS,
 ) -> nn.Sequential:
-    """Layers ``net.0, net.2, …, net.{2·depth}`` with activations between (dense or 3×3 conv)."""
+    """Layers ``net.0, net.2, …, net.{2·depth}`` with activations between (dense or 3×3 conv); for
+    ``kind = "attention"`` :func:`.attention.attention_net` with ``blocks`` and ``heads``."""
+    if kind == "attention":
+        return attention_net(n_in, n_out, hidden, blocks, heads, ACTIVATIONS[activation])
     widths = [n_in] + [hidden] * depth + [n_out]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -74,6 +83,9 @@ class _Coupling(Flow):
         activation: str = "tanh",
         context_dim: int = 0,
         *,
+        context_channels: int = 0,
+        blocks: int = BLOCKS,
+        heads: int = HEADS,
         validate_args: bool | None = None,
         **law_config: Any,
     ):
@@ -83,13 +95,16 @@ class _Coupling(Flow):
         self._config: dict[str, Any] = {
             "shape": list(shape) if isinstance(shape, (list, tuple)) else shape, "mask": mask, "parity": parity,
             "conditioner": conditioner, "hidden": hidden, "depth": depth, "activation": activation,
-            "context_dim": context_dim, **law_config,
+            "context_dim": context_dim, "context_channels": context_channels, "blocks": blocks, "heads": heads,
+            **law_config,
         }
         registry.get(self.kind).validate_config(self._config)
         self._shape = tuple(self._config["shape"])
         self.conditioner = conditioner
         self.context_dim = context_dim
-        self.context_shape = (context_dim,) if context_dim else None
+        self.context_shape = (
+            (context_dim,) if context_dim else (context_channels, *self._shape[1:]) if context_channels else None
+        )
         keep = self._build_mask(self._shape, mask, parity)
         self.register_buffer("_keep", keep, persistent=False)
         flat = keep.reshape(-1)
@@ -97,11 +112,11 @@ class _Coupling(Flow):
         self.register_buffer("_keep_idx", keep_idx, persistent=False)
         self.register_buffer("_trans_idx", trans_idx, persistent=False)
         self.register_buffer("_perm", torch.argsort(torch.cat([keep_idx, trans_idx])), persistent=False)
-        if conditioner == "conv":
-            n_in, n_out = self._shape[0], self.outputs_per_entry * self._shape[0]
+        if conditioner in IMAGE_CONDITIONERS:
+            n_in, n_out = self._shape[0] + context_channels, self.outputs_per_entry * self._shape[0]
         else:
             n_in, n_out = len(keep_idx) + context_dim, self.outputs_per_entry * len(trans_idx)
-        self.net = conditioner_net(conditioner, n_in, n_out, hidden, depth, activation)
+        self.net = conditioner_net(conditioner, n_in, n_out, hidden, depth, activation, blocks=blocks, heads=heads)
 
     @staticmethod
     def _build_mask(shape: tuple[int, ...], mask: str, parity: int) -> Tensor:
@@ -125,9 +140,12 @@ class _Coupling(Flow):
         return self._law(values, h, inverse)[0]
 
     def _conditioner_input(self, x: Tensor, context: Tensor | None) -> Tensor:
-        """``b⊙x`` for the conv net; the unchanged entries (flat order) then the context for the MLP."""
-        if self.conditioner == "conv":
-            return x.masked_fill(~self._keep, 0.0)
+        """``b⊙x`` then the image context on the channel axis for the conv and attention nets; the
+        unchanged entries (flat order) then the context for the MLP. The mask comes first: no
+        transformed entry reaches the conditioner."""
+        if self.conditioner in IMAGE_CONDITIONERS:
+            masked = x.masked_fill(~self._keep, 0.0)
+            return masked if context is None else torch.cat([masked, context], dim=1)
         kept = x.reshape(x.shape[0], -1)[:, self._keep_idx]
         return kept if context is None else torch.cat([kept, context], dim=1)
 
@@ -137,7 +155,7 @@ class _Coupling(Flow):
         without ``with_logdet``)."""
         h = self.net(self._conditioner_input(x, context))
         law = self._law if with_logdet else lambda v, hh, inv: (self._law_values(v, hh, inv), None)
-        if self.conditioner == "conv":
+        if self.conditioner in IMAGE_CONDITIONERS:
             values, log_scale = law(x, h, inverse)
             out = torch.where(self._keep, x, values)
             total = None if log_scale is None else batch_sum(log_scale.masked_fill(self._keep, 0.0))
@@ -181,11 +199,15 @@ class AffineCoupling(_Coupling):
         context_dim: int = 0,
         scale_factor: float = 1.0,
         *,
+        context_channels: int = 0,
+        blocks: int = BLOCKS,
+        heads: int = HEADS,
         validate_args: bool | None = None,
         **unknown: Any,
     ):
         """``unknown`` config entries are passed on to be rejected with a :class:`ConfigError`."""
         super().__init__(shape, mask, parity, conditioner, hidden, depth, activation, context_dim,
+                         context_channels=context_channels, blocks=blocks, heads=heads,
                          validate_args=validate_args, scale_factor=scale_factor, **unknown)
         self.scale_factor = float(scale_factor)
 

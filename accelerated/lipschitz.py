@@ -61,6 +61,18 @@ When the estimate runs
   updates and writes through ``.data`` are all seen) and, for convolutions, the input size, dtype
   and device are unchanged; otherwise it is re-estimated before use. Evaluating with stale vectors
   is therefore impossible.
+* **Rounding at the constraint.** A weight at its constraint (an effective weight loaded from a
+  FlowSpec, :meth:`_LipschitzLayer.load_weight`) has σ̂ = coeff up to rounding, so its estimate can
+  exceed coeff by that rounding. With c = 4(m + n) + √min(m, n)/2 for an m × n weight
+  (:meth:`LipschitzNormalizer.load_tolerance`: the estimate's rounding plus the entries' rounding),
+  evaluation mode applies a weight with coeff < σ̂ ≤ coeff·(1 + c·ε(dtype)) **exactly as it is**, so
+  ``to_spec`` → ``from_spec`` (and JSON) is bit-identical there; the loader accepts σ̂ up to
+  coeff·(1 + c·ε(float32)) (a spec written by a float32 model) and raises
+  :class:`~flowspec.errors.ConfigError` beyond. Training mode always divides by max(1, σ̂/coeff), a
+  change by a factor of at most 1 + c·ε for such a weight.
+* **Checkpoints**: a layer's ``state_dict`` holds the vectors and, as extra state, whether they are
+  the estimate of the stored weight (and whether it is applied as given); loading it restores that,
+  so a loaded module evaluates and trains bit-identically to the saved one, without re-estimating.
 * :func:`refresh_norms` runs every constrained layer's estimate now: call it before an evaluation,
   after loading a checkpoint and on EMA (Polyak-averaged) weights to obtain the reports up front.
 
@@ -437,6 +449,7 @@ class LipschitzNormalizer(nn.Module):
         self._spatial: tuple[int, int] | None = None
         self._cold = True  # the vectors are random: the next estimate starts with Lanczos
         self._estimated_for: tuple | None = None
+        self._given = False  # within rounding of the constraint at an evaluation estimate: applied as it is
         self.last_report: PowerIterationReport | None = None
 
     # ------------------------------------------------------------------ what kind of estimate
@@ -499,9 +512,19 @@ class LipschitzNormalizer(nn.Module):
         return (self._estimated_for == self._key(weight) and self._snapshot.shape == weight.shape
                 and bool(torch.equal(self._snapshot, weight.detach())))
 
-    def estimate(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> PowerIterationReport:
+    def _stale(self, weight: Tensor) -> bool:
+        """Whether an evaluation must re-estimate: the weight (or size, dtype, device) changed since
+        the last estimate, or that estimate was a training step's certified warm start (a gap of √ε,
+        which evaluation, ``to_spec`` and loading do not accept: they use the rounding-only one)."""
+        certified = self.last_report is not None and self.last_report.method == "certified"
+        return certified or not self._is_current(weight)
+
+    def estimate(self, weight: Tensor, spatial: tuple[int, int] | None = None, *,
+                 warm: bool = False) -> PowerIterationReport:
         """Run the iteration on ``weight`` (at ``spatial`` for a convolution) to its tolerance,
-        store the vectors and the snapshot, and return the report."""
+        store the vectors and the snapshot, and return the report. ``warm`` (training steps) lets an
+        operator with an explicit matrix take the certified warm start (a gap of √ε); otherwise its
+        top pair comes from the eigendecomposition (rounding only)."""
         self._vectors_for(spatial, weight)
         w = weight.detach()
         p, q = self.orders()
@@ -509,7 +532,7 @@ class LipschitzNormalizer(nn.Module):
             m, n = w.shape[-2:]
             report = PowerIterationReport(0, False, 0.0, "closed_form", 4.0 * (m + n) * torch.finfo(w.dtype).eps, 0.0)
         elif self.spectral:
-            report = self._spectral_estimate(w)
+            report = self._spectral_estimate(w, warm)
         else:
             _, x, report = general_power_method(w, self._v.to(w), p, q, atol=self.atol, rtol=self.rtol,
                                                 max_iter=self.max_iter)
@@ -517,17 +540,57 @@ class LipschitzNormalizer(nn.Module):
         self._snapshot = w.clone()
         self._estimated_for = self._key(weight)
         self.last_report = report
+        if warm:
+            self._given = False
+        else:
+            with torch.no_grad():
+                self._given = 1.0 < float(self.sigma(w)) / self.coeff <= 1.0 + self.load_tolerance(w.dtype)
         return report
 
+    def load_tolerance(self, dtype: torch.dtype) -> float:
+        """c·ε(dtype) by which a *loaded* effective weight's estimate may exceed coeff (module docstring):
+        c = 4(m + n) for the estimate's own rounding (the closed forms' bound) plus √min(m, n)/2 for
+        rounding the weight's entries into ``dtype`` (‖ΔW‖₂ ≤ ‖ΔW‖_F ≤ ε/2·‖W‖_F ≤ ε/2·√r·‖W‖₂), with
+        m × n the weight's shape as a matrix (``out × in·k·k``)."""
+        m, n = self.weight_shape[0], math.prod(self.weight_shape[1:])
+        return (4.0 * (m + n) + 0.5 * math.sqrt(min(m, n))) * torch.finfo(dtype).eps
+
+    def excess(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> float:
+        """σ̂/coeff for ``weight`` by an evaluation estimate (the loader rejects it beyond
+        1 + :meth:`load_tolerance`; up to that, evaluation applies the weight as it is)."""
+        with torch.no_grad():
+            self._vectors_for(spatial, weight)
+            if self._stale(weight):
+                self.estimate(weight, spatial)
+            return float(self.sigma(weight)) / self.coeff
+
+    def state(self, weight: Tensor) -> dict[str, object]:
+        """What decides whether the next evaluation re-estimates (for checkpoints): whether the stored
+        vectors are those of ``weight``'s last estimate, whether it is applied as given, and the report."""
+        report = self.last_report
+        return {"current": self._is_current(weight), "given": self._given,
+                "report": None if report is None else [report.iterations, report.hit_cap, report.last_change,
+                                                       report.method, report.tolerance, report.failure_probability]}
+
+    def restore(self, state: dict, weight: Tensor) -> None:
+        """Mark the loaded vectors as the estimate of the loaded ``weight`` (the inverse of :meth:`state`),
+        so that a loaded checkpoint evaluates exactly as the saved module did, with no re-estimate."""
+        self._snapshot = weight.detach().clone()
+        self._estimated_for = self._key(weight)
+        self._given = bool(state.get("given"))
+        report = state.get("report")
+        self.last_report = None if report is None else PowerIterationReport(
+            int(report[0]), bool(report[1]), float(report[2]), str(report[3]), float(report[4]), float(report[5]))
+
     @torch.no_grad()
-    def _spectral_estimate(self, w: Tensor) -> PowerIterationReport:
+    def _spectral_estimate(self, w: Tensor, warm: bool) -> PowerIterationReport:
         """σ̂ of the 2 → 2 operator: exact where the operator has an explicit matrix whose smaller side
         is at most :data:`~.power_iteration.EXACT_MAX_DIM` (:meth:`_dense`), else
         :meth:`_iterative_estimate` (module docstring)."""
         dense = self._dense(w)
         if dense is None:
             return self._iterative_estimate(w)
-        start = None if self._cold else self._dense_vectors(w)
+        start = self._dense_vectors(w) if warm and not self._cold else None
         _, u, v, report = exact_top_pair(dense, start)
         self._u, self._v = self._vectors_from_dense(u, v, w)
         self._cold = False
@@ -635,17 +698,21 @@ class LipschitzNormalizer(nn.Module):
     def forward(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> Tensor:
         """The normalised weight; runs the iteration as the module docstring says."""
         self._vectors_for(spatial, weight)
-        if self.training or not self._is_current(weight):
+        if self.training:
+            self.estimate(weight, spatial, warm=True)
+        elif self._stale(weight):
             self.estimate(weight, spatial)
+        if self._given:
+            return weight
         return weight / torch.clamp(self.sigma(weight) / self.coeff, min=1.0)
 
     def scale(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> float:
         """max(1, σ̂/coeff) for ``weight`` now (1 means the weight is used as it is)."""
         with torch.no_grad():
             self._vectors_for(spatial, weight)
-            if not self._is_current(weight):
+            if self._stale(weight):
                 self.estimate(weight, spatial)
-            return max(1.0, float(self.sigma(weight)) / self.coeff)
+            return 1.0 if self._given else max(1.0, float(self.sigma(weight)) / self.coeff)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Convolution vectors have the shape of the last input size: take the stored ones as they are.
@@ -679,15 +746,46 @@ class _LipschitzLayer(nn.Module):
             self._mask = None
         self.transform = transform
         self.normalizer = LipschitzNormalizer(weight_shape, coeff, operator=operator, **normalizer)
+        self._loaded_state: dict | None = None
+        self.register_load_state_dict_post_hook(self._restore_after_load)
 
     def unnormalized_weight(self) -> Tensor:
         """transform(raw ⊙ mask): the weight before normalisation."""
         weight = self.raw_weight if self._mask is None else self.raw_weight * self._mask
         return weight if self.transform is None else self.transform(weight)
 
+    def get_extra_state(self) -> dict[str, object]:
+        """Saved with the ``state_dict``: whether the stored vectors are the estimate of the stored
+        weight (and whether it is applied as given), so that loading the checkpoint evaluates exactly
+        as this layer does, without re-estimating (:meth:`LipschitzNormalizer.state`)."""
+        with torch.no_grad():
+            return self.normalizer.state(self.unnormalized_weight())
+
+    def set_extra_state(self, state: object) -> None:
+        self._loaded_state = state if isinstance(state, dict) else None
+
+    @staticmethod
+    def _restore_after_load(layer: "_LipschitzLayer", incompatible: object) -> None:
+        """After the whole layer (normaliser included) has loaded: trust the loaded vectors for the
+        loaded weight when the checkpoint says they were current; otherwise the next use re-estimates."""
+        state, layer._loaded_state = getattr(layer, "_loaded_state", None), None
+        if state and state.get("current"):
+            with torch.no_grad():
+                layer.normalizer.restore(state, layer.unnormalized_weight())
+
     def effective_weight(self, spatial: tuple[int, int] | None = None) -> Tensor:
         """The normalised weight used by the layer (see :class:`LipschitzNormalizer`)."""
         return self.normalizer(self.unnormalized_weight(), spatial)
+
+    def spec_weight(self, spatial: tuple[int, int] | None = None) -> Tensor:
+        """The effective weight as evaluation mode applies it, whatever the mode: what a FlowSpec
+        carries (a training step's warm estimate is certified to √ε only; module docstring)."""
+        mode = self.normalizer.training
+        self.normalizer.train(False)
+        try:
+            return self.effective_weight(spatial)
+        finally:
+            self.normalizer.train(mode)
 
     @property
     def weight(self) -> Tensor:
@@ -702,11 +800,13 @@ class _LipschitzLayer(nn.Module):
             produced = self.unnormalized_weight()
             if not torch.equal(produced, weight):
                 raise ConfigError("the loaded weight is not reproduced by the layer's mask or transform")
-            factor = self.normalizer.scale(produced, spatial)
-        if factor != 1.0:
+            factor = self.normalizer.excess(produced, spatial)
+        tolerance = self.normalizer.load_tolerance(torch.float32)  # the least precise dtype a spec comes from
+        if factor > 1.0 + tolerance:
             raise ConfigError(
-                f"the loaded weight has estimated norm {factor * self.normalizer.coeff:.6g} > coeff "
-                f"{self.normalizer.coeff}: it is not an effective (normalised) weight of this layer"
+                f"the loaded weight has estimated norm {factor * self.normalizer.coeff:.9g} > coeff "
+                f"{self.normalizer.coeff}·(1 + {tolerance:.2g}) (the rounding allowance): it is not an "
+                f"effective (normalised) weight of this layer"
             )
 
 

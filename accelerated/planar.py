@@ -8,8 +8,8 @@ wᵀu is very negative (1 + m small).
 
 Inverse: α = wᵀx solves the scalar equation g(α) = α + m·tanh(α + b) = wᵀz, with g strictly
 increasing (g' ≥ min(1, 1 + m) > 0) and its root within |m| of wᵀz. :meth:`Planar._solve` runs a
-safeguarded Newton iteration per sample (a Newton step that leaves the current bracket is replaced
-by bisection) until |g(α) − wᵀz| ≤ rtol·(|wᵀz| + |m| + 1), the size of the terms of g, and raises
+safeguarded Newton iteration per sample (a Newton step that leaves the current bracket, or does not
+halve the previous step, is replaced by bisection) until |g(α) − wᵀz| ≤ rtol·(|wᵀz| + |m| + 1), the size of the terms of g, and raises
 :class:`~flowspec.errors.ConvergenceError` with that relative residual otherwise. Then
 x = z − û·tanh(α + b). Gradients flow through the inverse by one Newton step taken with autograd at
 the solved α (the implicit function theorem: dα = −(∂g − ∂wᵀz)/g').
@@ -90,7 +90,7 @@ class Planar(Flow):
         rtol = 32.0 * torch.finfo(target.dtype).eps if self.rtol is None else self.rtol
         scale = target.abs() + m.abs() + 1.0
         low, high = target - m.abs() - 1.0, target + m.abs() + 1.0
-        alpha = target.clone()
+        alpha, last_step = target.clone(), high - low
         for _ in range(self.max_iter):
             th = torch.tanh(alpha + b)
             residual = alpha + m * th - target
@@ -100,7 +100,11 @@ class Planar(Flow):
             low = torch.where(residual < 0, alpha, low)
             high = torch.where(residual > 0, alpha, high)
             newton = alpha - residual / (1.0 + m * (1.0 - th * th))
-            step = torch.where((newton > low) & (newton < high), newton, 0.5 * (low + high))
+            # a Newton step inside the bracket that does not halve the step before it: bisect (a
+            # Newton sequence can otherwise oscillate slowly inside the bracket)
+            fast = (newton > low) & (newton < high) & ((newton - alpha).abs() <= 0.5 * last_step)
+            step = torch.where(fast, newton, 0.5 * (low + high))
+            last_step = torch.where(done, last_step, (step - alpha).abs())
             alpha = torch.where(done, alpha, step)
         residual = (alpha + m * torch.tanh(alpha + b) - target).abs() / scale
         if bool((residual <= rtol).all()):

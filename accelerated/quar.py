@@ -123,7 +123,7 @@ from torch.autograd.function import once_differentiable
 from flowspec.errors import ConfigError, ConvergenceError
 from flowspec.spec import FlowSpec
 
-from .base import Flow, batch_sum, register, softplus
+from .base import Flow, batch_sum, register, relative_norm, sample_norm, softplus
 from .lipschitz import (
     PROBE_FAILURE, ELU, Activation, Identity, conv_norm_bound, conv_operator_matrix, make_activation,
     spread_over_pixels,
@@ -179,6 +179,8 @@ def kernel_mask(groups: int, k_out: int, k_in: int, size: int) -> Tensor:
 
 
 def _check_int_list(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{name} must be a non-empty list of positive ints, got {values!r}")
     values = tuple(values)
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
         raise ConfigError(f"{name} must be a non-empty list of positive ints, got {values!r}")
@@ -507,11 +509,11 @@ class _QuARBlock(Flow):
                 later = vjp(lam.reshape(grad.shape)).reshape(batch, size)[:, d]
                 lam[:, d] = (flat_grad[:, d] - later) / (1.0 + flat_diag[:, d])
             return lam.reshape(grad.shape)
-        rtol, scale = self._rtol(None, grad.dtype), self._sample_norm(grad).clamp_min(torch.finfo(grad.dtype).tiny)
+        rtol, tiny = self._rtol(None, grad.dtype), torch.finfo(grad.dtype).tiny
         lam, change = grad, float("inf")
         for _ in range(self.inverse_max_iter):
             new = grad - vjp(lam)
-            change = float((self._sample_norm(new - lam) / scale).max())
+            change = float(relative_norm(new - lam, grad, tiny).max())
             lam = new
             if change <= rtol:
                 return lam
@@ -524,10 +526,6 @@ class _QuARBlock(Flow):
             return float(rtol)
         return self.inverse_rtol if self.inverse_rtol is not None else 32.0 * torch.finfo(dtype).eps
 
-    @staticmethod
-    def _sample_norm(t: Tensor) -> Tensor:
-        return t.reshape(t.shape[0], -1).norm(dim=1)
-
     @torch.no_grad()
     def fixed_point_inverse(self, y: Tensor, rtol: float | None = None, max_iter: int | None = None) -> Tensor:
         """``x ← y − F(x)`` from ``x = y`` until ``‖x + F(x) − y‖ ≤ rtol·max(‖y‖, 1)`` per sample
@@ -537,12 +535,12 @@ class _QuARBlock(Flow):
         float32; a transient growth under option (b) is not a stall)."""
         rtol, cap = self._rtol(rtol, y.dtype), self.inverse_max_iter if max_iter is None else max_iter
         self._ensure_fresh()
-        scale, prepared = self._sample_norm(y).clamp_min(1.0), self._prepare()
+        prepared = self._prepare()
         x = y.clone()
         worst, best, best_at = float("inf"), float("inf"), 0
         for it in range(cap):
             out = self._residual(x, False, prepared)[0]
-            relative = self._sample_norm(x + out - y) / scale
+            relative = relative_norm(x + out - y, y)
             worst = float(relative.max())
             if not math.isfinite(worst):
                 raise ConvergenceError("fixed-point inverse of a QuAR block diverged to non-finite values",
@@ -581,7 +579,8 @@ class _QuARBlock(Flow):
         order = self.autoregressive_order().to(y.device)
         target = y.reshape(batch, size)[:, order]
         x = target.clone()
-        tol = (self._sample_norm(y).clamp_min(1.0) * rtol / math.sqrt(size))[:, None]
+        norm = sample_norm(y).clamp(min=1.0, max=torch.finfo(y.dtype).max)  # a norm beyond the range: its largest value
+        tol = (norm * rtol / math.sqrt(size))[:, None]
         limit = 1e6 * target.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
         eps = torch.finfo(y.dtype).eps
         position = torch.zeros(batch, dtype=torch.long, device=y.device)
@@ -618,7 +617,7 @@ class _QuARBlock(Flow):
             stalled = (bracketed & ((high - low) <= 4 * eps * torch.maximum(low.abs(), high.abs()))) | (
                 (step - t).abs() <= 2 * eps * t.abs())
             if bool((steps > MAX_STEPS_PER_COORDINATE).any()):
-                worst = float((self._sample_norm(residual) / self._sample_norm(y).clamp_min(1.0)).max())
+                worst = float(relative_norm(residual, y).max())
                 raise ConvergenceError(
                     f"coordinate-wise inverse of a QuAR block did not converge at coordinate {int(d.max())}",
                     residual=worst, iterations=int(steps.max()), tolerance=rtol)

@@ -65,6 +65,7 @@ and the draw explicitly.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Mapping, Sequence
 
@@ -76,7 +77,7 @@ from torch.autograd.function import once_differentiable
 
 from flowspec.errors import ConfigError, ConvergenceError, NumericalError
 
-from .base import Flow, register
+from .base import Flow, register, relative_norm, sample_norm
 from .lipschitz import LipSwish, LipschitzConv2d, LipschitzLinear, OrderChain, make_activation
 
 ESTIMATORS = ("exact", "series", "roulette")
@@ -248,6 +249,9 @@ class ResidualBlock(Flow):
             raise ConfigError(f"hidden widths must be positive, got {self.hidden!r}")
         self.activation, self.coeff = activation, float(coeff)
         self.power = {"atol": float(atol), "rtol": float(rtol), "max_iter": int(max_iter)}
+        unknown = sorted(set(layout) - block_options(type(self)))
+        if unknown:
+            raise ConfigError(f"{self.kind} got unknown options {unknown}; it takes {sorted(block_options(type(self)))}")
         self.layers = self._build_layers(**layout)
         self.activations = nn.ModuleList(make_activation(activation) for _ in self.layers)
         self.eval_exact_terms = _count("eval_exact_terms", eval_exact_terms, 0)
@@ -335,7 +339,7 @@ class ResidualBlock(Flow):
     def spec_tensors(self) -> dict[str, Tensor]:
         """The canonical tensors, with the **effective** weights (what the block applies)."""
         with torch.no_grad():
-            effective = {f"weight{l}": layer.effective_weight(self._spatial) for l, layer in enumerate(self.layers)}
+            effective = {f"weight{l}": layer.spec_weight(self._spatial) for l, layer in enumerate(self.layers)}
         return {name: effective.get(name, getattr(module, attr)) for name, module, attr in self._named()}
 
     def spec_parameters(self, prefix: str = "") -> dict[str, Tensor]:
@@ -497,16 +501,19 @@ class ResidualBlock(Flow):
         """Fixed point t = step(t) from ``start``; stop when ‖t_{k+1} − t_k‖ ≤ (1 − L)·rtol·max(‖target‖, floor)
         per sample (the step's change understates the error by up to 1/(1 − L)); else ConvergenceError."""
         rtol = self._inverse_tolerance(target.dtype)
-        scale = target.flatten(1).norm(dim=1).clamp_min(floor)
-        threshold = (1.0 - self.lipschitz_bound) * rtol * scale
+        threshold = (1.0 - self.lipschitz_bound) * rtol
         t, change = start, None
-        for _ in range(self.inverse_max_iter):
+        for it in range(self.inverse_max_iter):
             new = step(t)
-            change = (new - t).flatten(1).norm(dim=1)
+            change = relative_norm(new - t, target, floor)  # ‖t_{k+1} − t_k‖ / max(‖target‖, floor)
+            if not bool(torch.isfinite(change).all()):
+                raise ConvergenceError(f"fixed-point {what} of the {self.kind!r} block overflowed to non-finite values "
+                                       f"(inputs too large for {target.dtype})", residual=math.inf, iterations=it + 1,
+                                       tolerance=rtol)
             t = new
             if bool((change <= threshold).all()):
                 return t
-        worst = float((change / scale.clamp_min(torch.finfo(target.dtype).tiny)).max())
+        worst = float(change.max())
         raise ConvergenceError(f"fixed-point {what} of the {self.kind!r} block did not converge",
                                residual=worst, iterations=self.inverse_max_iter, tolerance=rtol)
 
@@ -608,7 +615,7 @@ class ResidualBlock(Flow):
         errors, x = [], y
         with torch.no_grad():
             for _ in range(int(iterations) + 1):
-                errors.append((x - x_star).flatten(1).norm(dim=1))
+                errors.append(sample_norm(x - x_star))
                 x = y - self._g(x, params)
         return torch.stack(errors)
 
@@ -709,6 +716,12 @@ def configure_logdet(model: nn.Module, *, estimator: str, n_exact_terms: int, n_
 _MODEL_KEYS = {"n_scales", "logit", "alpha", "actnorm", "n_hidden"}
 
 
+def block_options(block_cls: type) -> set[str]:
+    """The keyword options of a residual block class: its constructor's and its layout's."""
+    names = set(inspect.signature(block_cls.__init__).parameters) | set(inspect.signature(block_cls._build_layers).parameters)
+    return names - {"self", "shape", "hidden", "layout"}
+
+
 def make_model(arch: str, event_shape: tuple[int, ...], *, n_blocks: int = 4, hidden_factor: int = 4,
                coeff: float = 0.97, **kw: Any) -> Flow:
     """The Residual Flow of App. E at a small, configurable size, as a ``sequential`` flow.
@@ -723,9 +736,13 @@ def make_model(arch: str, event_shape: tuple[int, ...], *, n_blocks: int = 4, hi
     """
     from .sequential import residual_stack
 
+    block_cls = ResidualConv if arch == "conv" else ResidualMLP
+    unknown = sorted(set(kw) - _MODEL_KEYS - block_options(block_cls))
+    if unknown:
+        raise ConfigError(f"make_model got unknown options {unknown}; it takes "
+                          f"{sorted(_MODEL_KEYS | block_options(block_cls) | {'n_blocks', 'hidden_factor'})}")
     model_kw = {k: kw.pop(k) for k in list(kw) if k in _MODEL_KEYS}
     n_hidden = int(model_kw.pop("n_hidden", 2))
-    block_cls = ResidualConv if arch == "conv" else ResidualMLP
 
     def block(shape: tuple[int, ...], factor: int) -> Flow:
         return block_cls(list(shape), [factor * shape[0]] * n_hidden, coeff=coeff, **kw)

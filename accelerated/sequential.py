@@ -101,7 +101,7 @@ class Sequential(Flow):
 
     @staticmethod
     def _child_specs(spec: FlowSpec) -> list[FlowSpec]:
-        return [spec.params[str(i)] for i in range(len(spec.params))]
+        return spec.numbered_children()
 
 
 def residual_stack(

@@ -3,17 +3,27 @@
 Axes (:mod:`.covering`), drawn in this order so that a pinned value is honoured where another
 choice depends on it:
 
-* ``conditioner_mask``: the conditioner (``mlp`` or ``conv``) and the mask (``channel`` or
-  ``checkerboard``) as one axis of four pairs, so that every run meets each pair (a conv
-  conditioner on a checkerboard among them) rather than only each value; a conv conditioner needs
-  an image, so only an MLP draws the ``layout`` (``vector`` of D = 2…8 entries, axis ``size``, or
-  ``image``); then ``parity``;
+* ``conditioner_mask``: the conditioner (``mlp``, ``conv`` or ``attention``) and the mask
+  (``channel`` or ``checkerboard``) as one axis of six pairs, so that every run meets each pair (a
+  conv or attention conditioner on a checkerboard among them) rather than only each value; image
+  conditioners need an image, so only an MLP draws the ``layout`` (``vector`` of D = 2…8 entries,
+  axis ``size``, or ``image``); then ``parity``;
 * image sizes C, H = 1…3 and W = 1…4 (axes ``channels``, ``height``, ``width``; a channel mask
   needs C ≥ 2, a checkerboard H·W ≥ 2), so checkerboards on images of every width, odd and even,
-  meet both conditioners (D ≤ 36 keeps the reference's Jacobians of a conv conditioner cheap);
-* ``context_dim`` (0 or 2; MLP conditioners only);
-* the conditioner's ``hidden`` width (1…8), ``depth`` (1 or 2 hidden layers), ``activation`` and,
-  for affine coupling, ``scale_factor``;
+  meet the mlp and conv conditioners (D ≤ 36 keeps the reference's Jacobians of a conv conditioner
+  cheap); the attention conditioner's images are smaller, C ≤ 2, H ≤ 2 and W = 2…3 on the same axes
+  (D ≤ 12, at least two positions to attend over): the reference's autograd Jacobian costs one
+  backward pass through every block per entry, and the gradient of its log-det differentiates those
+  passes again;
+* contexts: ``context_dim`` (0 or 2; MLP conditioners only) and, where the caller asks for image
+  contexts, ``context_channels`` (0 or 2; conv and attention conditioners: a context of shape
+  (2, H, W));
+* the conditioner's size: ``hidden`` width (1…8) and ``depth`` (1 or 2 hidden layers) for mlp and
+  conv; for attention ``attention_hidden`` (4 or 8 channels: the layer norm over the channels of
+  one position is steep where they nearly agree, which two channels often do), ``blocks`` (1 or 2)
+  and ``heads`` (1 or 2, dividing the channels); then ``activation`` and, for affine coupling,
+  ``scale_factor``. Every config writes every key, at its default where the conditioner does not
+  read it;
 * ``regime`` of the parameters: ``init`` (the reference's generic weights) or ``large``, the last
   layer scaled by 8: raw scales far beyond tanh's linear range (s = scale_factor·tanh(s_raw)
   saturates at ±scale_factor) and large shifts.
@@ -25,7 +35,9 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from flowspec.reference.coupling import ACTIVATIONS, CONDITIONERS, MASKS, parse_config, unchanged_mask
+from flowspec.reference.coupling import (
+    ACTIVATIONS, CONDITIONERS, DEFAULTS, IMAGE_CONDITIONERS, MASKS, parse_config, unchanged_mask,
+)
 from flowspec.registry import REAL
 from flowspec.spec import FlowSpec
 
@@ -39,47 +51,68 @@ CONDITIONER_MASKS = tuple(f"{c}/{m}" for c in CONDITIONERS for m in MASKS)
 LAYOUTS = ("vector", "image")
 PARITIES = (0, 1)
 CONTEXT_DIMS = (0, 2)
+CONTEXT_CHANNELS = (0, 2)
 DEPTHS = (1, 2)
+ATTENTION_HIDDEN = (4, 8)
+BLOCKS = (1, 2)
+HEADS = (1, 2)
 SCALE_FACTORS = (0.5, 1.0, 2.0)
 REGIMES = ("init", "large")
 RAW_FACTOR = 8.0  # the large regime's factor on the conditioner's last layer
+IMAGE_LIMITS = {"mlp": (3, 3, 4), "conv": (3, 3, 4), "attention": (2, 2, 3)}  # the largest C, H, W drawn
+UNREAD = {key: DEFAULTS[key] for key in ("depth", "blocks", "heads")}  # what a conditioner leaves at its default
 
 
-def _network(draw: Any, affine: bool) -> dict[str, Any]:
-    """Conditioner size, activation and (affine) scale factor."""
-    net = {
-        "hidden": draw(sizes(1, 8, name="hidden")), "depth": draw(axis("depth", DEPTHS)),
-        "activation": draw(axis("activation", sorted(ACTIVATIONS))),
-    }
+def _network(draw: Any, affine: bool, conditioner: str) -> dict[str, Any]:
+    """Conditioner size, activation and (affine) scale factor (every key written)."""
+    if conditioner == "attention":
+        net = {**UNREAD, "hidden": draw(axis("attention_hidden", ATTENTION_HIDDEN)),
+               "blocks": draw(axis("blocks", BLOCKS)), "heads": draw(axis("heads", HEADS))}
+    else:
+        net = {**UNREAD, "hidden": draw(sizes(1, 8, name="hidden")), "depth": draw(axis("depth", DEPTHS))}
+    net["activation"] = draw(axis("activation", sorted(ACTIVATIONS)))
     if affine:
         net["scale_factor"] = draw(axis("scale_factor", SCALE_FACTORS))
     return net
 
 
-def _image_shape(draw: Any, mask: str) -> list[int]:
-    """C, H ≤ 3 and W ≤ 4 that the mask can split (C ≥ 2 for channels, H·W ≥ 2 for a checkerboard)."""
-    channels = draw(sizes(2 if mask == "channel" else 1, 3, name="channels"))
-    height = draw(sizes(1, 3, name="height"))
-    width = draw(sizes(2 if mask == "checkerboard" and height == 1 else 1, 4, name="width"))
+def _image_shape(draw: Any, mask: str, conditioner: str) -> list[int]:
+    """C, H, W up to the conditioner's :data:`IMAGE_LIMITS` that the mask can split (C ≥ 2 for
+    channels, H·W ≥ 2 for a checkerboard and for attention)."""
+    c_max, h_max, w_max = IMAGE_LIMITS[conditioner]
+    channels = draw(sizes(2 if mask == "channel" else 1, c_max, name="channels"))
+    height = draw(sizes(1, h_max, name="height"))
+    needs_two = (mask == "checkerboard" or conditioner == "attention") and height == 1
+    width = draw(sizes(2 if needs_two else 1, w_max, name="width"))
     return [channels, height, width]
 
 
+def _contexts(draw: Any, conditioner: str, image_contexts: bool) -> dict[str, int]:
+    """``context_dim`` (mlp) and ``context_channels`` (image conditioners, if ``image_contexts``)."""
+    return {
+        "context_dim": draw(axis("context_dim", CONTEXT_DIMS)) if conditioner == "mlp" else 0,
+        "context_channels": (draw(axis("context_channels", CONTEXT_CHANNELS))
+                             if image_contexts and conditioner in IMAGE_CONDITIONERS else 0),
+    }
+
+
 @st.composite
-def layer_configs(draw: Any, affine: bool) -> dict[str, Any]:
-    """Configs of either kind on vectors or images (module docstring)."""
+def layer_configs(draw: Any, affine: bool, image_contexts: bool = False) -> dict[str, Any]:
+    """Configs of a coupling kind on vectors or images (module docstring). ``image_contexts``: draw
+    ``context_channels`` for the image conditioners (a kind whose registry entry gives their context
+    shape, :attr:`flowspec.reference.coupling.CouplingConfig.context_shape`)."""
     conditioner, mask = draw(axis("conditioner_mask", CONDITIONER_MASKS)).split("/")
-    layout = "image" if conditioner == "conv" else draw(axis("layout", LAYOUTS))
+    layout = "image" if conditioner in IMAGE_CONDITIONERS else draw(axis("layout", LAYOUTS))
     parity = draw(axis("parity", PARITIES))
-    shape = _image_shape(draw, mask) if layout == "image" else [draw(sizes(2, 8, name="size"))]
-    context_dim = draw(axis("context_dim", CONTEXT_DIMS)) if conditioner == "mlp" else 0
-    return {"shape": shape, "mask": mask, "parity": parity, "conditioner": conditioner, "context_dim": context_dim,
-            **_network(draw, affine)}
+    shape = _image_shape(draw, mask, conditioner) if layout == "image" else [draw(sizes(2, 8, name="size"))]
+    return {"shape": shape, "mask": mask, "parity": parity, "conditioner": conditioner,
+            **_contexts(draw, conditioner, image_contexts), **_network(draw, affine, conditioner)}
 
 
 @st.composite
 def _vector_configs(draw: Any, affine: bool, d: int, context_dim: int) -> dict[str, Any]:
     return {"shape": [d], "mask": draw(axis("mask", MASKS)), "parity": draw(axis("parity", PARITIES)),
-            "conditioner": "mlp", "context_dim": context_dim, **_network(draw, affine)}
+            "conditioner": "mlp", "context_dim": context_dim, "context_channels": 0, **_network(draw, affine, "mlp")}
 
 
 def child_configs(shape: list[int], context_dim: int, affine: bool) -> st.SearchStrategy | None:
@@ -94,7 +127,8 @@ def in_regime(spec: FlowSpec, regime: str) -> FlowSpec:
 
 
 def _specs(kind: str) -> st.SearchStrategy:
-    return st.builds(in_regime, from_configs(kind, layer_configs(kind == "affine_coupling")), axis("regime", REGIMES))
+    configs = layer_configs(kind == "affine_coupling", image_contexts=True)
+    return st.builds(in_regime, from_configs(kind, configs), axis("regime", REGIMES))
 
 
 @register_specs("additive_coupling")
@@ -109,7 +143,8 @@ def _affine():
 
 declare_axes(KINDS, conditioner_mask=CONDITIONER_MASKS, layout=LAYOUTS, parity=PARITIES, size=range(2, 9),
              channels=range(1, 4), height=range(1, 4), width=range(1, 5), context_dim=CONTEXT_DIMS,
-             hidden=range(1, 9), depth=DEPTHS, activation=sorted(ACTIVATIONS), regime=REGIMES)
+             context_channels=CONTEXT_CHANNELS, hidden=range(1, 9), depth=DEPTHS, attention_hidden=ATTENTION_HIDDEN,
+             blocks=BLOCKS, heads=HEADS, activation=sorted(ACTIVATIONS), regime=REGIMES)
 declare_axes("affine_coupling", scale_factor=SCALE_FACTORS)
 
 

@@ -93,6 +93,7 @@ def jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, dtype: str, d
             estimate = np.where(better[:, None], refined, estimate)
             remaining = np.where(better, refined_disagreement, disagreement)
             assume(not np.any(kinked & (remaining > limit * np.maximum(1.0, np.abs(estimate).max(axis=1)))))
+        assume(bool(np.all(np.isfinite(estimate))))  # a stencil collapsed at a domain bound: draw another point
         out.append(estimate.T)
     return np.stack(out)
 

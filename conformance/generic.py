@@ -153,10 +153,12 @@ def _bad_inputs(spec, x: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
 
 @prop("bad_input_rejected", requires=["black_box"])
 def bad_input_rejected(ctx: CheckContext) -> None:
-    """NaN, inf, wrong shape or dtype and out-of-domain input raise the declared input error."""
+    """NaN, inf, wrong shape or dtype and out-of-domain input raise the declared input error; an
+    empty batch gives empty results of the right shapes."""
     spec, x, c = _draw(ctx)
     flow = ctx.instantiate(spec)
     caps = ctx.adapter.capabilities()
+    _check_empty_batch(ctx, flow, spec, x, c, caps.has("inverse"))
     errors = caps.input_errors
     cases = [("forward", name, bad) for name, bad in _bad_inputs(spec, x, ctx.dtype).items()]
     if caps.has("inverse"):
@@ -171,6 +173,25 @@ def bad_input_rejected(ctx: CheckContext) -> None:
     if c is not None:
         _expect_error(ctx, errors, "forward", "no context", lambda: ctx.adapter.forward(flow, x, None, raw=True))
     ctx.record(0.0, 0.0)
+
+
+def _check_empty_batch(ctx: CheckContext, flow, spec, x: np.ndarray, c: np.ndarray | None, inverse: bool) -> None:
+    """A batch of 0 samples: forward gives z of shape (0, *latent) and log-dets of shape (0,), the
+    inverse x of shape (0, *event) (the README's "Empty batches")."""
+    kind = registry.get(spec.kind)
+    latent, event = tuple(kind.output_shape(spec.config)), tuple(kind.event_shape(spec.config))
+    c0 = None if c is None else c[:0]
+    results = {"forward": lambda: ctx.adapter.forward(flow, x[:0], c0)}
+    if inverse:
+        results["inverse"] = lambda: (ctx.adapter.inverse(flow, np.zeros((0,) + latent, dtype=x.dtype), c0),)
+    expected = {"forward": [(0,) + latent, (0,)], "inverse": [(0,) + event]}
+    for direction, call in results.items():
+        try:
+            shapes = [tuple(np.shape(out)) for out in call()]
+        except Exception as exc:  # noqa: BLE001 - any exception is the failure being reported
+            raise PropertyFailure(f"{direction} of an empty batch raised {type(exc).__name__}: {exc}") from exc
+        if shapes != expected[direction]:
+            raise PropertyFailure(f"{direction} of an empty batch gave shapes {shapes}, expected {expected[direction]}")
 
 
 def _expect_error(ctx: CheckContext, errors: tuple, direction: str, name: str, call) -> None:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 from hypothesis import given, seed, settings, strategies as st
-from hypothesis.errors import UnsatisfiedAssumption
+from hypothesis.errors import Flaky, UnsatisfiedAssumption
 
 from flowspec import registry
 
@@ -113,6 +113,9 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
                 body()
             except _RunFailed:
                 pass
+            except Flaky:  # a later example re-drew an earlier draw after a caught failure: report the failure
+                if not caught:
+                    raise
             if caught:
                 raise caught[0]
     except NotSupported as exc:

@@ -88,7 +88,8 @@ def _elementwise_specs(draw: Any) -> FlowSpec:
 @st.composite
 def _conditioned_specs(draw: Any, kind: str) -> FlowSpec:
     regime, keys = draw(_spline_part())
-    base = coupling.layer_configs(False) if kind == "spline_coupling" else autoregressive.made_configs()
+    image = kind == "spline_coupling"
+    base = coupling.layer_configs(False, image_contexts=True) if image else autoregressive.made_configs()
     spec = draw(from_configs(kind, st.builds(lambda c: {**c, **keys}, base)))
     return spec if regime == "init" else scaled_last_layer(spec, RAW_FACTOR)
 
@@ -112,8 +113,9 @@ declare_axes(KINDS, bins=BINS, bound=BOUNDS, minimum=MINIMUMS, regime=REGIMES)
 declare_axes("spline", rank=RANKS, size=range(1, 7))
 declare_axes("spline_coupling", conditioner_mask=coupling.CONDITIONER_MASKS, layout=coupling.LAYOUTS,
              parity=coupling.PARITIES, size=range(2, 9), channels=range(1, 4), height=range(1, 4),
-             width=range(1, 5), context_dim=coupling.CONTEXT_DIMS, hidden=range(1, 9), depth=coupling.DEPTHS,
-             activation=sorted(coupling.ACTIVATIONS))
+             width=range(1, 5), context_dim=coupling.CONTEXT_DIMS, context_channels=coupling.CONTEXT_CHANNELS,
+             hidden=range(1, 9), depth=coupling.DEPTHS, attention_hidden=coupling.ATTENTION_HIDDEN,
+             blocks=coupling.BLOCKS, heads=coupling.HEADS, activation=sorted(coupling.ACTIVATIONS))
 declare_axes("spline_autoregressive", dim=range(1, 7), order=autoregressive.ORDER_CHOICES,
              hidden=autoregressive.HIDDEN, activation=sorted(autoregressive.ACTIVATIONS),
              context_dim=autoregressive.CONTEXT_DIMS)

@@ -85,6 +85,15 @@ TABLE: dict[str, Rule] = {
                               "the step", conditioned=True),
     "inverse_grad": Rule(1024.0, 1.0, why="a gradient through an inverse: J⁻ᵀw solves with the Jacobian, "
                          "which amplifies rounding by its condition number", conditioned=True),
+    "quadrature": Rule(1.0, 0.0, base="sqrt", why="an identity between Gauss–Legendre, Gauss–Hermite and "
+                       "tanh-sinh integrals of smooth, fast-decaying integrands in D = 1 (the variational "
+                       "dequantization gap): at the node counts used each rule agrees with twice as many nodes to "
+                       "rounding (≤ 1e-14); √ε (1.5e-8) leaves six orders of margin for slower-converging "
+                       "problems, while a wrong term of the identity (a log n_bins, a Jacobian term: ≥ 1e-3) "
+                       "misses it by five"),
+    "orthonormal": Rule(8.0, 1.0, why="‖QᵀQ − I‖_F of a D×M basis orthonormal to rounding, size D·(M + K): "
+                        "M² Gram entries of D-term dot products (≤ D·M·ε in all), plus O(ε) per entry of Q from "
+                        "each of K Householder reflections (K = 0 otherwise); measured ≤ 1.4·ε·D·(M + K)"),
 }
 
 

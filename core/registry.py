@@ -84,6 +84,7 @@ class Kind:
     latent_shape: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
     context_shape: Callable[[Mapping[str, Any]], tuple[int, ...] | None] | None = None
     check_config: Callable[[Mapping[str, Any]], None] | None = None
+    config_keys: frozenset[str] | Callable[[Mapping[str, Any]], frozenset[str]] | None = None
     composite: bool = False
     summary: str = ""
     extras: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
@@ -104,8 +105,26 @@ class Kind:
         return None if shape is None else tuple(shape)
 
     def validate_config(self, config: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` for a config key the kind does not know (where it declares
+        ``config_keys``; others check their keys in ``check_config``) or an invalid value."""
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"the config of kind {self.name!r} must be a mapping, got {type(config).__name__}")
+        known = self.config_keys(config) if callable(self.config_keys) else self.config_keys
+        if known is not None and set(config) - known:
+            raise ConfigError(f"unknown config keys {sorted(set(config) - known)} for kind {self.name!r}; "
+                              f"it takes {sorted(known)}")
         if self.check_config is not None:
             self.check_config(config)
+
+
+def config_sequence(config: Mapping[str, Any], key: str, default: Any = ()) -> tuple:
+    """``config[key]`` (or ``default``) as a tuple; a value that is not a list or tuple (an int, a
+    string, None) raises :class:`ConfigError` naming the key, so checks of its entries never meet a
+    bare TypeError."""
+    value = config.get(key, default)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config[{key!r}] must be a list, got {value!r}")
+    return tuple(value)
 
 
 _KINDS: dict[str, Kind] = {}

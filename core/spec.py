@@ -76,6 +76,19 @@ class FlowSpec:
         """Nested flow specs, in the order of ``params``."""
         return ((k, v) for k, v in self.params.items() if isinstance(v, FlowSpec))
 
+    def numbered_children(self) -> list["FlowSpec"]:
+        """The child specs of a composite kept under the keys "0", "1", …, in order; raises
+        :class:`ConfigError` naming the keys when they are not exactly those, or a non-spec entry."""
+        expected = [str(i) for i in range(len(self.params))]
+        if set(self.params) != set(expected):
+            raise ConfigError(f"the children of a {self.kind!r} spec must be params '0' … '{len(expected) - 1}', "
+                              f"got keys {sorted(self.params)}")
+        children = [self.params[k] for k in expected]
+        for key, child in zip(expected, children):
+            if not isinstance(child, FlowSpec):
+                raise ConfigError(f"param {key!r} of a {self.kind!r} spec must be a child spec, got an array")
+        return children
+
     def flat_params(self, prefix: str = "") -> dict[str, ParamValue]:
         """All arrays, nested ones included, under dotted names (``"0.weight"``)."""
         flat: dict[str, ParamValue] = {}

@@ -87,7 +87,7 @@ def actnorm_init(x: Any, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 register(Kind(
     name=KIND, family=FAMILY, forward=actnorm_forward, inverse=actnorm_inverse,
-    event_shape=shape_of, init_params=actnorm_params, check_config=shape_of,
+    event_shape=shape_of, init_params=actnorm_params, check_config=shape_of, config_keys=frozenset({"shape"}), 
     summary="z = (x + bias)·exp(log_scale) per channel, with data-dependent initialisation",
     extras={"init": actnorm_init},
 ))

@@ -74,6 +74,7 @@ def conv1x1_params(config: Mapping[str, Any], rng: np.random.Generator) -> dict[
 register(Kind(
     name="conv1x1", family=FAMILY, forward=conv1x1_forward, inverse=conv1x1_inverse,
     event_shape=image_shape, init_params=conv1x1_params, check_config=image_shape,
+    config_keys=frozenset({"channels", "height", "width"}),
     summary="invertible 1×1 convolution with a full C×C weight, log|det| = H·W·log|det W|",
 ))
 
@@ -124,5 +125,6 @@ def conv1x1_lu_params(config: Mapping[str, Any], rng: np.random.Generator) -> di
 register(Kind(
     name="conv1x1_lu", family=FAMILY, forward=conv1x1_lu_forward, inverse=conv1x1_lu_inverse,
     event_shape=image_shape, init_params=conv1x1_lu_params, check_config=image_shape,
+    config_keys=frozenset({"channels", "height", "width"}),
     summary="LU-parameterised invertible 1×1 convolution, log|det| = H·W·Σ log_s",
 ))

@@ -15,7 +15,7 @@ from autograd import grad, jacobian as ag_jacobian
 from autograd.tracer import getval
 
 from flowspec import registry
-from flowspec.errors import FlowInputError, NumericalError
+from flowspec.errors import ConfigError, FlowInputError, NumericalError
 from flowspec.spec import FlowSpec
 
 Array = np.ndarray
@@ -92,15 +92,27 @@ def log_abs_det_one(spec: FlowSpec, x: Any, context: Any = None) -> Any:
 
 # ----------------------------------------------------------------------------- batched API
 
-def _per_sample(fn: Callable[..., Any], spec: FlowSpec, x: Any, context: Any) -> Array:
+def stack_samples(values: list[Any], shape: tuple[int, ...]) -> Array:
+    """The per-sample results stacked on a batch axis; an empty batch gives the empty array of
+    ``(0, *shape)`` (``shape``: one result's)."""
+    return np.stack([np.asarray(v) for v in values]) if values else np.zeros((0,) + tuple(shape))
+
+
+def _per_sample(fn: Callable[..., Any], spec: FlowSpec, x: Any, context: Any, shape: tuple[int, ...]) -> Array:
     x = check_input(spec, x)
     ctx = check_context(spec, context, x.shape[0])
-    return np.stack([np.asarray(fn(spec, x[i], None if ctx is None else ctx[i])) for i in range(x.shape[0])])
+    return stack_samples([fn(spec, x[i], None if ctx is None else ctx[i]) for i in range(x.shape[0])], shape)
+
+
+def _sizes(spec: FlowSpec) -> tuple[tuple[int, ...], int]:
+    """(latent shape, D) of one sample of ``spec``."""
+    kind = registry.get(spec.kind)
+    return tuple(kind.output_shape(spec.config)), int(np.prod(kind.event_shape(spec.config)))
 
 
 def forward(spec: FlowSpec, x: Any, context: Any = None) -> Array:
     """``z = f(x)`` for a batch."""
-    z = _per_sample(forward_one, spec, x, context)
+    z = _per_sample(forward_one, spec, x, context, _sizes(spec)[0])
     if not np.all(np.isfinite(z)):
         raise NumericalError(f"forward of kind {spec.kind!r} produced non-finite values")
     return z
@@ -108,12 +120,13 @@ def forward(spec: FlowSpec, x: Any, context: Any = None) -> Array:
 
 def jacobian(spec: FlowSpec, x: Any, context: Any = None) -> Array:
     """Full per-sample Jacobians, shape ``(batch, D, D)``."""
-    return _per_sample(jacobian_one, spec, x, context)
+    d = _sizes(spec)[1]
+    return _per_sample(jacobian_one, spec, x, context, (d, d))
 
 
 def log_abs_det(spec: FlowSpec, x: Any, context: Any = None) -> Array:
     """``log|det ∂z/∂x|`` per sample, shape ``(batch,)``, by ``slogdet`` of the full Jacobian."""
-    return _per_sample(log_abs_det_one, spec, x, context)
+    return _per_sample(log_abs_det_one, spec, x, context, ())
 
 
 def forward_and_log_abs_det(spec: FlowSpec, x: Any, context: Any = None) -> tuple[Array, Array]:
@@ -186,8 +199,13 @@ def event_shape(spec: FlowSpec) -> tuple[int, ...]:
     return tuple(registry.get(spec.kind).event_shape(spec.config))
 
 
-def init_spec(kind_name: str, config: Mapping[str, Any], rng: np.random.Generator) -> FlowSpec:
-    """A spec of ``kind_name`` with the kind's generic random parameters."""
+def init_spec(kind_name: str, config: Mapping[str, Any], rng: np.random.Generator | int) -> FlowSpec:
+    """A spec of ``kind_name`` with the kind's generic random parameters, drawn from ``rng`` (a
+    ``numpy.random.Generator``, or an int seed for ``numpy.random.default_rng``)."""
     kind = registry.get(kind_name)
     kind.validate_config(config)
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        rng = np.random.default_rng(int(rng))
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError(f"init_spec needs rng, a numpy.random.Generator or an int seed, got {type(rng).__name__}")
     return FlowSpec(kind_name, config, kind.init_params(config, rng))

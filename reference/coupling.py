@@ -19,16 +19,30 @@ Config (every key but ``shape`` has a default, see :data:`DEFAULTS`):
 * ``parity``: 0 uses that ``b``, 1 its complement (the halves swap roles);
 * ``conditioner``: ``"mlp"`` (any shape: the unchanged entries, in flat order, followed by the
   context, go through dense layers to ``k·n_t`` outputs for the ``n_t`` transformed entries in flat
-  order) or ``"conv"`` (images only: 3×3 convolutions with zero padding read ``b⊙x`` and output
-  ``k·C`` channels, used where ``b = 0``). ``k`` is 1 (``t``) for additive and 2 (``s_raw`` then
-  ``t``, each a contiguous half of the output) for affine coupling;
-* ``hidden`` (width or channels), ``depth`` (number of hidden layers, each followed by
-  ``activation`` in ``"tanh"``, ``"relu"``, ``"elu"``); ``context_dim`` (MLP only; 0 = no context);
+  order), ``"conv"`` (images only: 3×3 convolutions with zero padding read ``b⊙x`` and output
+  ``k·C`` channels, used where ``b = 0``) or ``"attention"`` (images only: Flow++'s stack of gated
+  convolution and multi-head self-attention blocks, :mod:`flowspec.reference.attention`, reading
+  ``b⊙x`` and outputting ``k·C`` channels the same way). ``k`` is 1 (``t``) for additive and 2
+  (``s_raw`` then ``t``, each a contiguous half of the output) for affine coupling;
+* ``hidden`` (width or channels) and ``activation`` in ``"tanh"``, ``"relu"``, ``"elu"`` (after
+  every hidden layer; in the attention blocks, the gated convolution's nonlinearity);
+  ``depth`` (mlp and conv: number of hidden layers); ``blocks`` and ``heads`` (attention: number
+  of blocks, ≥ 1, and of attention heads, which must divide ``hidden``);
+* contexts: ``context_dim`` (mlp: a vector of that many entries appended to the unchanged entries)
+  or ``context_channels`` (conv and attention: an image context of shape
+  ``(context_channels, H, W)`` per sample, concatenated to ``b⊙x`` on the channel axis as the
+  conditioner's input); 0 = no context;
 * ``scale_factor`` (affine only, > 0).
+
+A key that the chosen conditioner does not read must keep its default (a ``ConfigError`` names it
+otherwise), so that no configuration is silently ignored.
 
 Parameters: the conditioner's layers ``net.{2i}.weight`` and ``net.{2i}.bias`` for
 ``i = 0, …, depth`` (the names of a ``torch.nn.Sequential`` that alternates layers and activations),
-with dense weights ``(out, in)`` and convolution weights ``(out, in, 3, 3)``.
+with dense weights ``(out, in)`` and convolution weights ``(out, in, 3, 3)``; for the attention
+conditioner the names of :mod:`flowspec.reference.attention` (``net.0`` the input projection,
+``net.1 … net.{blocks}`` the blocks, ``net.{blocks + 1}`` the output projection: the last layer is
+again the one with the largest index).
 """
 from __future__ import annotations
 
@@ -39,20 +53,28 @@ from typing import Any, Callable, Mapping
 import autograd.numpy as anp
 import numpy as np
 
-from flowspec.errors import ConfigError
+from flowspec.errors import ConfigError, FlowInputError
 from flowspec.registry import Kind, register
 from flowspec.spec import FlowSpec
 
+from . import attention
 from .conv import conv2d
 from .lipschitz import tanh
 
 FAMILY = "coupling"
 MASKS = ("channel", "checkerboard")
-CONDITIONERS = ("mlp", "conv")
+CONDITIONERS = ("mlp", "conv", "attention")
+IMAGE_CONDITIONERS = ("conv", "attention")
 KERNEL = 3
 DEFAULTS: dict[str, Any] = {
     "mask": "channel", "parity": 0, "conditioner": "mlp", "hidden": 8, "depth": 1,
-    "activation": "tanh", "context_dim": 0,
+    "activation": "tanh", "context_dim": 0, "context_channels": 0, "blocks": 2, "heads": 4,
+}
+# The keys each conditioner reads besides hidden and activation; the others must keep their defaults.
+CONDITIONER_KEYS: dict[str, tuple[str, ...]] = {
+    "mlp": ("depth", "context_dim"),
+    "conv": ("depth", "context_channels"),
+    "attention": ("blocks", "heads", "context_channels"),
 }
 AFFINE_DEFAULTS: dict[str, Any] = {**DEFAULTS, "scale_factor": 1.0}
 
@@ -77,6 +99,9 @@ class CouplingConfig:
     context_dim: int
     scale_factor: float | None
     law_outputs: int | None = None  # k of a law other than these two (the spline's 3K − 1)
+    context_channels: int = 0
+    blocks: int = DEFAULTS["blocks"]
+    heads: int = DEFAULTS["heads"]
 
     @property
     def outputs_per_entry(self) -> int:
@@ -84,6 +109,20 @@ class CouplingConfig:
         if self.law_outputs is not None:
             return self.law_outputs
         return 1 if self.scale_factor is None else 2
+
+    @property
+    def context_shape(self) -> tuple[int, ...] | None:
+        """One context sample's shape: ``(context_dim,)``, ``(context_channels, H, W)`` or None."""
+        if self.context_dim:
+            return (self.context_dim,)
+        if self.context_channels:
+            return (self.context_channels, *self.shape[1:])
+        return None
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of an image conditioner's input: C, and the context's."""
+        return self.shape[0] + self.context_channels
 
 
 def _int_at_least(config: Mapping[str, Any], key: str, low: int) -> int:
@@ -105,8 +144,8 @@ def _check_shape(value: Any, mask: str, conditioner: str) -> tuple[int, ...]:
         raise ConfigError(
             f"config['shape'] of a coupling layer must be [D] or [C, H, W] of positive ints, got {value!r}"
         )
-    if conditioner == "conv" and len(shape) != 3:
-        raise ConfigError(f"the conv conditioner needs an image shape [C, H, W], got {list(shape)}")
+    if conditioner in IMAGE_CONDITIONERS and len(shape) != 3:
+        raise ConfigError(f"the {conditioner} conditioner needs an image shape [C, H, W], got {list(shape)}")
     if len(shape) == 1 and shape[0] < 2:
         raise ConfigError(f"a coupling layer needs D ≥ 2 entries to split, got shape {list(shape)}")
     if len(shape) == 3 and mask == "channel" and shape[0] < 2:
@@ -130,18 +169,36 @@ def parse_config(config: Mapping[str, Any], affine: bool) -> CouplingConfig:
     parity = full["parity"]
     if isinstance(parity, bool) or not isinstance(parity, int) or parity not in (0, 1):
         raise ConfigError(f"config['parity'] of a coupling layer must be 0 or 1, got {parity!r}")
-    context_dim = _int_at_least(full, "context_dim", 0)
-    if context_dim and conditioner != "mlp":
-        raise ConfigError(f"a context (context_dim={context_dim}) needs the mlp conditioner, not {conditioner!r}")
+    sizes = {key: _int_at_least(full, key, low) for key, low in
+             (("hidden", 1), ("depth", 1), ("context_dim", 0), ("context_channels", 0), ("blocks", 1), ("heads", 1))}
+    _check_unread(full, conditioner)
+    if conditioner == "attention" and sizes["hidden"] % sizes["heads"]:
+        raise ConfigError(f"config['heads'] = {sizes['heads']} of the attention conditioner must divide "
+                          f"config['hidden'] = {sizes['hidden']} (each head takes hidden/heads channels)")
     scale = full.get("scale_factor")
     if affine and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < np.inf):
         raise ConfigError(f"config['scale_factor'] of an affine coupling must be a finite number > 0, got {scale!r}")
     return CouplingConfig(
         shape=shape, mask=mask, parity=parity, conditioner=conditioner,
-        hidden=_int_at_least(full, "hidden", 1), depth=_int_at_least(full, "depth", 1),
-        activation=_choice(full, "activation", tuple(ACTIVATIONS)), context_dim=context_dim,
-        scale_factor=float(scale) if affine else None,
+        activation=_choice(full, "activation", tuple(ACTIVATIONS)),
+        scale_factor=float(scale) if affine else None, **sizes,
     )
+
+
+def _check_unread(full: Mapping[str, Any], conditioner: str) -> None:
+    """A key the conditioner does not read (:data:`CONDITIONER_KEYS`) must keep its default."""
+    for key in sorted(set().union(*CONDITIONER_KEYS.values()) - set(CONDITIONER_KEYS[conditioner])):
+        if full[key] == DEFAULTS[key]:
+            continue
+        if key == "context_dim":
+            raise ConfigError(f"a context (context_dim={full[key]}) needs the mlp conditioner, not {conditioner!r}; "
+                              f"image conditioners take context_channels")
+        if key == "context_channels":
+            raise ConfigError(f"an image context (context_channels={full[key]}) needs the conv or attention "
+                              f"conditioner, not {conditioner!r}; the mlp conditioner takes context_dim")
+        raise ConfigError(f"config[{key!r}] = {full[key]!r} is not read by the {conditioner!r} conditioner "
+                          f"(it reads {['hidden', 'activation', *CONDITIONER_KEYS[conditioner]]}); "
+                          f"leave it at its default {DEFAULTS[key]!r}")
 
 
 # ----------------------------------------------------------------------------- masks
@@ -172,7 +229,7 @@ def _split_indices(cfg: CouplingConfig) -> tuple[np.ndarray, np.ndarray, np.ndar
 def _layer_sizes(cfg: CouplingConfig) -> list[tuple[int, int]]:
     """(in, out) of each layer of the conditioner."""
     if cfg.conditioner == "conv":
-        first, last = cfg.shape[0], cfg.outputs_per_entry * cfg.shape[0]
+        first, last = cfg.input_channels, cfg.outputs_per_entry * cfg.shape[0]
     else:
         n_keep = int(unchanged_mask(cfg.shape, cfg.mask, cfg.parity).sum())
         n_trans = int(np.prod(cfg.shape)) - n_keep
@@ -186,9 +243,12 @@ def _dense(h: Any, weight: Any, bias: Any) -> Any:
 
 
 def conditioner(spec: FlowSpec, cfg: CouplingConfig, h: Any) -> Any:
-    """The conditioner network on its input ``h`` (a flat vector for mlp, ``(C, H, W)`` for conv)."""
-    layer = _dense if cfg.conditioner == "mlp" else conv2d
+    """The conditioner network on its input ``h`` (a flat vector for mlp, ``(C', H, W)`` for conv
+    and attention, C' = C + context_channels)."""
     act = ACTIVATIONS[cfg.activation]
+    if cfg.conditioner == "attention":
+        return attention.attention_net(spec.params, h, cfg.blocks, cfg.heads, act)
+    layer = _dense if cfg.conditioner == "mlp" else conv2d
     for i in range(cfg.depth + 1):
         h = layer(h, spec.params[f"net.{2 * i}.weight"], spec.params[f"net.{2 * i}.bias"])
         if i < cfg.depth:
@@ -202,7 +262,11 @@ def init_params(config: Mapping[str, Any], rng: np.random.Generator, affine: boo
 
 
 def init_conditioner(cfg: CouplingConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The conditioner's params for ``cfg`` as :func:`init_params` draws them."""
+    """The conditioner's params for ``cfg`` as :func:`init_params` draws them (the attention
+    conditioner's: :func:`flowspec.reference.attention.init_params`)."""
+    if cfg.conditioner == "attention":
+        return attention.init_params(rng, cfg.input_channels, cfg.outputs_per_entry * cfg.shape[0], cfg.hidden,
+                                     cfg.blocks)
     taps = KERNEL * KERNEL if cfg.conditioner == "conv" else 1
     params = {}
     for i, (n_in, n_out) in enumerate(_layer_sizes(cfg)):
@@ -247,22 +311,34 @@ def couple(spec: FlowSpec, cfg: CouplingConfig, x: Any, context: Any, law: Law) 
     """Apply ``law`` to the transformed part of one sample ``x``, conditioned on its unchanged part.
 
     Used in both directions: the unchanged part is the same in x and z, so the inverse is the same
-    computation with the inverse law.
+    computation with the inverse law. The conditioner's input is ``b⊙x`` (image conditioners) or
+    the unchanged entries (mlp), followed by the context: masking comes first, so no transformed
+    entry reaches the conditioner.
     """
-    if cfg.conditioner == "conv":
+    if cfg.conditioner in IMAGE_CONDITIONERS:
         b = unchanged_mask(cfg.shape, cfg.mask, cfg.parity)
-        return anp.where(b, x, law(x, conditioner(spec, cfg, x * b), cfg))
+        return anp.where(b, x, law(x, conditioner(spec, cfg, _with_context(cfg, x * b, context)), cfg))
     keep, trans, perm = _split_indices(cfg)
     flat = anp.reshape(x, (-1,))
-    inputs = flat[keep] if cfg.context_dim == 0 else anp.concatenate([flat[keep], context])
+    inputs = _with_context(cfg, flat[keep], context)
     z = anp.concatenate([flat[keep], law(flat[trans], conditioner(spec, cfg, inputs), cfg)])[perm]
     return anp.reshape(z, cfg.shape)
 
 
+def _with_context(cfg: CouplingConfig, inputs: Any, context: Any) -> Any:
+    """The conditioner's input: ``inputs`` followed by the context (on the first axis: the channels
+    of an image), if the layer takes one."""
+    if cfg.context_shape is None:
+        return inputs
+    if context is None or anp.shape(context) != cfg.context_shape:
+        raise FlowInputError(f"this coupling layer needs a context of shape {cfg.context_shape} per sample, "
+                             f"got {None if context is None else anp.shape(context)}")
+    return anp.concatenate([inputs, context], axis=0)
+
+
 def context_shape(config: Mapping[str, Any], affine: bool) -> tuple[int, ...] | None:
-    """``(context_dim,)``, or None where the layer takes no context."""
-    dim = parse_config(config, affine).context_dim
-    return (dim,) if dim else None
+    """``(context_dim,)``, ``(context_channels, H, W)``, or None where the layer takes no context."""
+    return parse_config(config, affine).context_shape
 
 
 def _register(name: str, law: Law, inverse_law: Law, affine: bool, summary: str) -> None:

@@ -18,9 +18,10 @@ FAMILY = "elementwise"
 
 def shape_of(config: Mapping[str, Any]) -> tuple[int, ...]:
     """The event shape stored as ``config["shape"]`` (a list of positive ints)."""
-    shape = tuple(config.get("shape", ()))
-    if not shape or not all(isinstance(n, int) and n > 0 for n in shape):
-        raise ConfigError(f"config['shape'] must be a non-empty list of positive ints, got {shape!r}")
+    value = config.get("shape")
+    shape = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise ConfigError(f"config['shape'] must be a non-empty list of positive ints, got {value!r}")
     return shape
 
 
@@ -46,7 +47,7 @@ def affine_init(config: Mapping[str, Any], rng: np.random.Generator) -> dict[str
 
 register(Kind(
     name="elementwise_affine", family=FAMILY, forward=affine_forward, inverse=affine_inverse,
-    event_shape=shape_of, init_params=affine_init, check_config=_check_shape,
+    event_shape=shape_of, init_params=affine_init, check_config=_check_shape, config_keys=frozenset({"shape"}), 
     summary="z = x·exp(log_scale) + shift, per entry",
 ))
 
@@ -55,7 +56,7 @@ register(Kind(
 
 def sigmoid_forward(spec: FlowSpec, x: Any, context: Any = None) -> Any:
     """z = 1 / (1 + exp(−x)), written to stay finite for large |x|."""
-    return 0.5 * (anp.tanh(0.5 * x) + 1.0)
+    return anp.exp(-anp.logaddexp(0.0, -x))  # accurate relative to σ(x) for x ≪ 0 (no 1 + tanh cancellation)
 
 
 def sigmoid_inverse(spec: FlowSpec, z: Any, context: Any = None) -> Any:
@@ -64,7 +65,7 @@ def sigmoid_inverse(spec: FlowSpec, z: Any, context: Any = None) -> Any:
 
 register(Kind(
     name="sigmoid", family=FAMILY, forward=sigmoid_forward, inverse=sigmoid_inverse,
-    event_shape=shape_of, init_params=lambda config, rng: {}, check_config=_check_shape,
+    event_shape=shape_of, init_params=lambda config, rng: {}, check_config=_check_shape, config_keys=frozenset({"shape"}), 
     domain=REAL, codomain=UNIT_INTERVAL, summary="z = σ(x), maps the reals onto (0, 1)",
 ))
 
@@ -108,6 +109,7 @@ def logit_codomain(config: Mapping[str, Any]) -> Domain:
 register(Kind(
     name="logit", family=FAMILY, forward=logit_forward, inverse=logit_inverse,
     event_shape=shape_of, init_params=lambda config, rng: {}, check_config=_check_logit,
+    config_keys=frozenset({"shape", "alpha"}),
     domain=UNIT_INTERVAL, codomain=REAL, codomain_fn=logit_codomain,
     summary="z = logit(α + (1−2α)x), maps dequantized data in (0, 1) onto the reals",
 ))

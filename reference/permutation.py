@@ -62,12 +62,13 @@ def permutation_inverse(spec: FlowSpec, z: Any, context: Any = None) -> Any:
 
 register(Kind(
     name="reverse_permutation", family=FAMILY, forward=reverse_forward, inverse=reverse_forward,
-    event_shape=shape_of, init_params=lambda config, rng: {}, check_config=shape_of,
+    event_shape=shape_of, init_params=lambda config, rng: {}, check_config=shape_of, config_keys=frozenset({"shape"}), 
     summary="reverses the order of the channels (leading axis)",
 ))
 
 register(Kind(
     name="permutation", family=FAMILY, forward=permutation_forward, inverse=permutation_inverse,
     event_shape=shape_of, init_params=lambda config, rng: {}, check_config=perm_of,
+    config_keys=frozenset({"shape", "perm"}),
     summary="z[k] = x[perm[k]] along the channel (leading) axis, perm fixed in the config",
 ))

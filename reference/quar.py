@@ -51,7 +51,7 @@ import autograd.numpy as anp
 import numpy as np
 
 from flowspec.errors import ConfigError
-from flowspec.registry import Kind, register
+from flowspec.registry import Kind, config_sequence, register
 from flowspec.spec import FlowSpec
 
 from .conv import conv2d
@@ -83,7 +83,7 @@ def _positive_int(config: Mapping[str, Any], key: str) -> int:
 
 
 def _int_list(config: Mapping[str, Any], key: str, default: Sequence[int] | None = None) -> tuple[int, ...]:
-    value = tuple(config.get(key, default) or ())
+    value = config_sequence(config, key, () if default is None else default)
     if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
         raise ConfigError(f"config[{key!r}] must be a non-empty list of positive ints, got {value!r}")
     return value
@@ -139,7 +139,7 @@ def conv_factors(config: Mapping[str, Any]) -> tuple[int, ...]:
 
 
 def conv_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
-    shape = tuple(config.get("shape", ()))
+    shape = config_sequence(config, "shape")
     if len(shape) != 3 or not all(isinstance(n, int) and n > 0 for n in shape):
         raise ConfigError(f"config['shape'] of quar_conv must be [C, H, W] of positive ints, got {shape!r}")
     return shape  # type: ignore[return-value]
@@ -415,12 +415,14 @@ _EXTRAS = {
 register(Kind(
     name="quar_mlp", family=FAMILY, forward=forward, event_shape=event_shape, init_params=init_params,
     check_config=_check_mlp, extras=_EXTRAS,
+    config_keys=frozenset({"dim", "hidden_factors", "activation", "sigma", "norm", "inverse"}),
     summary="QuAR residual block x + F(x), F a masked MLP with triangular Jacobian (Lipschitz trick)",
 ))
 
 register(Kind(
     name="quar_conv", family=FAMILY, forward=forward, event_shape=event_shape, init_params=init_params,
     check_config=_check_conv, extras=_EXTRAS,
+    config_keys=frozenset({"shape", "hidden_factors", "kernels", "activation", "sigma", "norm", "inverse"}),
     summary="QuAR residual block x + F(x), F a PixelCNN-masked conv net (raster, channel groups)",
 ))
 

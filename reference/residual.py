@@ -73,11 +73,12 @@ from autograd import grad
 from scipy import stats
 
 from flowspec.errors import ConfigError
-from flowspec.registry import Kind, register
+from flowspec.registry import Kind, config_sequence, register
 from flowspec.spec import FlowSpec
 
 from .conv import conv2d
 from .core import check_input, map_jacobian, vjp
+from .elementwise import shape_of
 from .lipschitz import ACTIVATIONS, activation, constraint_norm, has_beta, jacobian_norm
 from .norms import spectral_norm
 
@@ -120,15 +121,8 @@ def is_conv(spec: FlowSpec) -> bool:
     return spec.kind == "residual_conv"
 
 
-def shape_of(config: Mapping[str, Any]) -> tuple[int, ...]:
-    shape = tuple(config.get("shape", ()))
-    if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
-        raise ConfigError(f"config['shape'] must be a non-empty list of positive ints, got {shape!r}")
-    return shape
-
-
 def _hidden(config: Mapping[str, Any]) -> tuple[int, ...]:
-    hidden = tuple(config.get("hidden", ()))
+    hidden = config_sequence(config, "hidden")
     if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in hidden):
         raise ConfigError(f"config['hidden'] must be a list of positive ints (hidden widths), got {hidden!r}")
     return hidden
@@ -186,7 +180,7 @@ def layers_of(config: Mapping[str, Any], conv: bool, learned: Mapping[str, Any] 
     if conv:
         if "orders" in config or "learn_orders" in config:
             raise ConfigError("residual_conv constrains convolutions in the spectral norm only: it takes no orders")
-        kernels = tuple(config.get("kernels", default_kernels(n_layers)))
+        kernels = config_sequence(config, "kernels", default_kernels(n_layers))
         if len(kernels) != n_layers or not all(isinstance(k, int) and k > 0 and k % 2 for k in kernels):
             raise ConfigError(f"config['kernels'] must list {n_layers} odd positive kernel sizes, got {kernels!r}")
         orders = (2.0,) * n_layers
@@ -881,6 +875,7 @@ def _kind(name: str, conv: bool) -> Kind:
         name=name, family=FAMILY, forward=residual_forward, event_shape=shape_of,
         init_params=lambda config, rng: init_params(config, rng, conv),
         check_config=lambda config: check_config(config, conv),
+        config_keys=frozenset({"shape", "hidden", *DEFAULTS, *(("kernels",) if conv else ("orders", "learn_orders"))}),
         summary=("x + g(x), g a Lipschitz-constrained "
                  + ("CNN (LipSwish → 3×3 → 1×1 → 3×3 conv)" if conv else "MLP") + ", coeff < 1"),
         extras={"logdet_estimate": logdet_estimate, "gradient_estimate": gradient_estimate,

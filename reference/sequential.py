@@ -14,7 +14,7 @@ import numpy as np
 
 from flowspec import registry
 from flowspec.errors import ConfigError
-from flowspec.registry import Kind, register
+from flowspec.registry import Kind, config_sequence, register
 from flowspec.spec import FlowSpec
 
 from .core import forward_one
@@ -41,7 +41,7 @@ def sequential_spec(children: Sequence[FlowSpec]) -> FlowSpec:
 
 
 def _children(spec: FlowSpec) -> list[FlowSpec]:
-    return [spec.params[str(i)] for i in range(len(spec.params))]
+    return spec.numbered_children()
 
 
 def _context(child: FlowSpec, context: Any) -> Any:
@@ -65,7 +65,7 @@ def _shape(key: str):
     def get(config: Mapping[str, Any]) -> tuple[int, ...]:
         if key not in config:
             raise ConfigError(f"a sequential spec needs config[{key!r}]; build it with sequential_spec()")
-        return tuple(config[key])
+        return config_sequence(config, key)
     return get
 
 
@@ -76,6 +76,7 @@ def _no_params(config: Mapping[str, Any], rng: np.random.Generator) -> dict:
 register(Kind(
     name="sequential", family=FAMILY, forward=sequential_forward, inverse=sequential_inverse,
     event_shape=_shape("event_shape"), latent_shape=_shape("latent_shape"), init_params=_no_params,
-    context_shape=lambda config: tuple(config["context_shape"]) if config.get("context_shape") else None,
+    context_shape=lambda config: config_sequence(config, "context_shape") if config.get("context_shape") else None,
+    config_keys=frozenset({"event_shape", "latent_shape", "context_shape"}),
     composite=True, summary="composition of child flows, first child applied first",
 ))

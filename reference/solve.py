@@ -18,7 +18,7 @@ from flowspec import registry
 from flowspec.errors import ConvergenceError, NumericalError
 from flowspec.spec import FlowSpec
 
-from .core import Array, check_context, check_input, flat_forward_one, jacobian_one
+from .core import Array, check_context, check_input, flat_forward_one, jacobian_one, stack_samples
 
 DEFAULT_RTOL = 1e-12
 DEFAULT_MAX_ITER = 100
@@ -120,7 +120,8 @@ def inverse(spec: FlowSpec, y: Any, context: Any = None, **solver: Any) -> Array
     kind = registry.get(spec.kind)
     y = check_input(spec, y, "y", latent=True)
     ctx = check_context(spec, context, y.shape[0])
-    x = np.stack([inverse_one(spec, y[i], None if ctx is None else ctx[i], **solver) for i in range(y.shape[0])])
+    x = stack_samples([inverse_one(spec, y[i], None if ctx is None else ctx[i], **solver) for i in range(y.shape[0])],
+                      tuple(kind.event_shape(spec.config)))
     kind.domain.check(x, "the inverse's result")
     return x
 

@@ -269,7 +269,7 @@ register(Kind(
     inverse=lambda spec, z, context=None: coupling_forward(spec, z, context, inverse=True),
     event_shape=lambda config: parse_coupling(config)[0].shape,
     init_params=lambda config, rng: coupling.init_conditioner(parse_coupling(config)[0], rng),
-    context_shape=lambda config: (lambda c: (c.context_dim,) if c.context_dim else None)(parse_coupling(config)[0]),
+    context_shape=lambda config: parse_coupling(config)[0].context_shape,
     check_config=parse_coupling,
     summary="NSF-C: a coupling layer whose law is the rational-quadratic spline (3K − 1 outputs per entry)",
 ))

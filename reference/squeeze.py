@@ -60,6 +60,6 @@ def squeeze_inverse(spec: FlowSpec, z: Any, context: Any = None) -> Any:
 register(Kind(
     name="squeeze", family=FAMILY, forward=squeeze_forward, inverse=squeeze_inverse,
     event_shape=image_shape, latent_shape=squeezed_shape, init_params=lambda config, rng: {},
-    check_config=squeezed_shape,
+    check_config=squeezed_shape, config_keys=frozenset({"channels", "height", "width"}),
     summary="2×2 space-to-depth (C, H, W) → (4C, H/2, W/2), channel 4c + 2i + j",
 ))

@@ -177,3 +177,18 @@ def test_bisection_is_exact_and_checks_its_bracket() -> None:
     with pytest.raises(ConvergenceError, match="does not hold the target") as info:
         bisect_increasing(lambda a: a, 5.0, -1.0, 1.0)
     assert info.value.residual == pytest.approx(4.0 / 5.0)
+
+
+@pytest.mark.parametrize("m", [3.0, 6.0, 12.0, 22.0, 50.0])
+def test_inverse_converges_on_a_grid_of_steep_maps(m: float) -> None:
+    """Newton steps that stay inside the bracket but do not halve the previous step are bisected:
+    without that rule the scalar solve oscillates slowly on some (m, b) and hits its cap."""
+    for b in np.linspace(-6.0, 6.0, 25):
+        spec = _spec(3, math.log(math.expm1(m + 1.0)), f"grid-{m}")
+        spec = FlowSpec(spec.kind, spec.config, {**spec.params, "b": np.asarray(b)})
+        w = torch.tensor(spec.params["w"])
+        targets = torch.linspace(-3.0 * m, 3.0 * m, 401, dtype=torch.float64)
+        z = targets[:, None] * w / (w @ w)
+        flow = from_spec(spec)
+        with torch.no_grad():
+            assert_close(flow(flow.inverse(z))[0].numpy(), z.numpy(), "roundtrip", "float64", 3)

@@ -16,10 +16,10 @@ class LeakyMaskAffine(AffineCoupling):
         inputs = super()._conditioner_input(x, context)
         first = self._trans_idx[0]
         leaked = x.reshape(x.shape[0], -1)[:, first]
-        if self.conditioner == "conv":
+        if self.conditioner != "mlp":
             flat = inputs.reshape(x.shape[0], -1).clone()
             flat[:, first] = leaked
-            return flat.reshape(x.shape)
+            return flat.reshape(inputs.shape)
         return torch.cat([inputs[:, :1] + leaked[:, None], inputs[:, 1:]], dim=1)
 
 
@@ -53,6 +53,15 @@ class AffineLogdetSign(AffineCoupling):
         return z, -logdet
 
 
+class EmptyBatchReshape(AffineCoupling):
+    """Its own ``forward`` (as a library's module would have) without the empty-batch path: an empty
+    batch reaches ``reshape(batch, -1)``, which cannot infer −1 from 0 entries."""
+
+    def forward(self, x, context=None):
+        self._check_call(x, self.event_shape, self.domain, "x", context)
+        return self._forward(x, context)
+
+
 CASES = [
     BrokenCase("affine coupling with a leaky mask", "affine_coupling", LeakyMaskAffine,
                white_box=("logdet_matches_reference",),
@@ -65,4 +74,6 @@ CASES = [
     BrokenCase("conv conditioner's checkerboard from the flat pixel index", "affine_coupling",
                ConvCheckerboardFromFlatIndex, white_box=("forward_matches_reference", "coupling_jacobian_structure"),
                black_box=("coupling_jacobian_structure",)),
+    BrokenCase("affine coupling whose empty batch hits reshape(batch, -1)", "affine_coupling", EmptyBatchReshape,
+               white_box=("bad_input_rejected",), black_box=("bad_input_rejected",)),
 ]

@@ -44,13 +44,11 @@ class _PointerKeyedCache(LipschitzNormalizer):
     are unchanged — cheaper than comparing the weight with a snapshot, but an in-place optimiser step
     or edit keeps the pointer."""
 
-    def _is_current(self, weight):
-        return self._estimated_for == self._key(weight) + (weight.data_ptr(),)
+    def _key(self, weight):
+        return super()._key(weight) + (weight.data_ptr(),)
 
-    def estimate(self, weight, spatial=None):
-        report = super().estimate(weight, spatial)
-        self._estimated_for = self._key(weight) + (weight.data_ptr(),)
-        return report
+    def _is_current(self, weight):
+        return self._estimated_for == self._key(weight)
 
 
 class _SizeBlindEvalCache(LipschitzNormalizer):
