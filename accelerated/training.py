@@ -175,8 +175,13 @@ def train_step(
     update (detached).
     """
     model.train()
+    return _optimise(lambda: bpd_of(model, x, n_bins).mean(), model, optimizer, polyak)
+
+
+def _optimise(loss_fn, model: nn.Module, optimizer: torch.optim.Optimizer, polyak: "Polyak | None") -> Tensor:
+    """zero_grad, the loss, backward, an optimiser step and the Polyak update; the loss (detached)."""
     optimizer.zero_grad(set_to_none=True)
-    loss = bpd_of(model, x, n_bins).mean()
+    loss = loss_fn()
     loss.backward()
     optimizer.step()
     if polyak is not None:
@@ -244,13 +249,8 @@ def variational_train_step(
     in training mode; returns the mean bpd before the update (detached)."""
     model.train()
     dequantizer.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss = variational_bpd(model, dequantizer, k, n_bins, generator=generator).mean()
-    loss.backward()
-    optimizer.step()
-    if polyak is not None:
-        polyak.update(model)
-    return loss.detach()
+    return _optimise(lambda: variational_bpd(model, dequantizer, k, n_bins, generator=generator).mean(),
+                     model, optimizer, polyak)
 
 
 @torch.no_grad()

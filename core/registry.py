@@ -127,6 +127,15 @@ def config_sequence(config: Mapping[str, Any], key: str, default: Any = ()) -> t
     return tuple(value)
 
 
+def positive_number(config: Mapping[str, Any], key: str, what: str) -> float:
+    """``config[key]`` as a float, which must be finite and > 0; otherwise :class:`ConfigError`
+    naming the key, ``what`` it configures and the value."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < np.inf:
+        raise ConfigError(f"config[{key!r}] of {what} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 _KINDS: dict[str, Kind] = {}
 
 

@@ -73,7 +73,7 @@ import numpy as np
 from autograd.tracer import getval
 
 from flowspec.errors import ConfigError, ConvergenceError
-from flowspec.registry import Kind, register
+from flowspec.registry import Kind, positive_number, register
 from flowspec.spec import FlowSpec
 
 from . import coupling
@@ -81,6 +81,7 @@ from .lipschitz import tanh
 from .spline import per_entry
 
 FAMILY = "logistic_mixture"
+_WHAT = "a logistic mixture coupling"
 MIXTURE_DEFAULTS: dict[str, Any] = {"components": 4, "scale_factor": 1.0, "log_scale_bound": 7.0}
 DEFAULT_RTOL = 16.0 * float(np.finfo(np.float64).eps)
 DEFAULT_MAX_ITER = 200
@@ -215,21 +216,14 @@ class MixtureConfig:
         return 3 * self.components + 2
 
 
-def _positive(full: Mapping[str, Any], key: str) -> float:
-    value = full[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < np.inf:
-        raise ConfigError(f"config[{key!r}] of a logistic mixture coupling must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def parse_mixture(config: Mapping[str, Any]) -> MixtureConfig:
     """The mixture keys of ``config`` with :data:`MIXTURE_DEFAULTS` filled in; raises :class:`ConfigError`."""
     full = {**MIXTURE_DEFAULTS, **{k: v for k, v in config.items() if k in MIXTURE_DEFAULTS}}
     k = full["components"]
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"config['components'] of a logistic mixture coupling must be an int ≥ 1, got {k!r}")
-    return MixtureConfig(components=k, scale_factor=_positive(full, "scale_factor"),
-                         log_scale_bound=_positive(full, "log_scale_bound"))
+    return MixtureConfig(components=k, scale_factor=positive_number(full, "scale_factor", _WHAT),
+                         log_scale_bound=positive_number(full, "log_scale_bound", _WHAT))
 
 
 def parse_coupling(config: Mapping[str, Any]) -> tuple[coupling.CouplingConfig, MixtureConfig]:

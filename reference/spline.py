@@ -42,7 +42,7 @@ import numpy as np
 from autograd.tracer import getval
 
 from flowspec.errors import ConfigError
-from flowspec.registry import Kind, register
+from flowspec.registry import Kind, positive_number, register
 from flowspec.spec import FlowSpec
 
 from . import autoregressive, coupling
@@ -75,13 +75,6 @@ class SplineConfig:
                 "min_derivative": self.min_derivative}
 
 
-def _positive_number(full: Mapping[str, Any], key: str) -> float:
-    value = full[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < np.inf:
-        raise ConfigError(f"config[{key!r}] of a spline must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 def parse_spline(config: Mapping[str, Any]) -> SplineConfig:
     """The spline keys of ``config`` with :data:`SPLINE_DEFAULTS` filled in, validated; other keys
     are the caller's to check. Raises :class:`ConfigError` naming the key, expected and actual value."""
@@ -89,7 +82,7 @@ def parse_spline(config: Mapping[str, Any]) -> SplineConfig:
     bins = full["bins"]
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ConfigError(f"config['bins'] of a spline must be an int ≥ 1, got {bins!r}")
-    values = {key: _positive_number(full, key) for key in ("bound", "min_width", "min_height", "min_derivative")}
+    values = {key: positive_number(full, key, "a spline") for key in ("bound", "min_width", "min_height", "min_derivative")}
     for key in ("min_width", "min_height"):
         if bins * values[key] >= 1.0:
             raise ConfigError(
