@@ -569,8 +569,7 @@ class LipschitzNormalizer(nn.Module):
         vectors are those of ``weight``'s last estimate, whether it is applied as given, and the report."""
         report = self.last_report
         return {"current": self._is_current(weight), "given": self._given,
-                "report": None if report is None else [report.iterations, report.hit_cap, report.last_change,
-                                                       report.method, report.tolerance, report.failure_probability]}
+                "report": None if report is None else report.to_list()}
 
     def restore(self, state: dict, weight: Tensor) -> None:
         """Mark the loaded vectors as the estimate of the loaded ``weight`` (the inverse of :meth:`state`),
@@ -579,8 +578,7 @@ class LipschitzNormalizer(nn.Module):
         self._estimated_for = self._key(weight)
         self._given = bool(state.get("given"))
         report = state.get("report")
-        self.last_report = None if report is None else PowerIterationReport(
-            int(report[0]), bool(report[1]), float(report[2]), str(report[3]), float(report[4]), float(report[5]))
+        self.last_report = None if report is None else PowerIterationReport.from_list(report)
 
     @torch.no_grad()
     def _spectral_estimate(self, w: Tensor, warm: bool) -> PowerIterationReport:
@@ -705,14 +703,6 @@ class LipschitzNormalizer(nn.Module):
         if self._given:
             return weight
         return weight / torch.clamp(self.sigma(weight) / self.coeff, min=1.0)
-
-    def scale(self, weight: Tensor, spatial: tuple[int, int] | None = None) -> float:
-        """max(1, σ̂/coeff) for ``weight`` now (1 means the weight is used as it is)."""
-        with torch.no_grad():
-            self._vectors_for(spatial, weight)
-            if self._stale(weight):
-                self.estimate(weight, spatial)
-            return 1.0 if self._given else max(1.0, float(self.sigma(weight)) / self.coeff)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Convolution vectors have the shape of the last input size: take the stored ones as they are.

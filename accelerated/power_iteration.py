@@ -69,6 +69,16 @@ class PowerIterationReport:
     tolerance: float = math.inf
     failure_probability: float = 1.0
 
+    def to_list(self) -> list:
+        """The report as a list of plain values (checkpoints' extra state); :meth:`from_list` reads it."""
+        return [self.iterations, self.hit_cap, self.last_change, self.method, self.tolerance, self.failure_probability]
+
+    @classmethod
+    def from_list(cls, values: list) -> "PowerIterationReport":
+        iterations, hit_cap, last_change, method, tolerance, failure_probability = values
+        return cls(int(iterations), bool(hit_cap), float(last_change), str(method), float(tolerance),
+                   float(failure_probability))
+
     def guarantee(self) -> dict[str, object]:
         """The report as plain values (what the conformance hooks hand out)."""
         return {"method": self.method, "tolerance": self.tolerance, "failure_probability": self.failure_probability,

@@ -645,9 +645,7 @@ class _QuARBlock(Flow):
         """Saved with the ``state_dict``: whether the stored vectors are the estimates of the stored
         weights, and those estimates' reports, so that loading the checkpoint reproduces the same
         σ̂_i exactly instead of re-estimating (module docstring)."""
-        reports = [[r.iterations, r.hit_cap, r.last_change, r.method, r.tolerance, r.failure_probability]
-                   for r in self.last_power_iteration]
-        return {"norms_current": not self.is_stale(), "reports": reports}
+        return {"norms_current": not self.is_stale(), "reports": [r.to_list() for r in self.last_power_iteration]}
 
     def set_extra_state(self, state: Any) -> None:
         self._loaded_extra = state if isinstance(state, dict) else None
@@ -662,8 +660,7 @@ class _QuARBlock(Flow):
         names = [f"{prefix}{k}_{i}" for i in range(self.n_layers) for k in ("weight", "u", "v")]
         extra = self._loaded_extra
         if extra and extra.get("norms_current") and all(n in state_dict for n in names):
-            self.last_power_iteration = [PowerIterationReport(int(r[0]), bool(r[1]), float(r[2]), str(r[3]),
-                                                              float(r[4]), float(r[5])) for r in extra["reports"]]
+            self.last_power_iteration = [PowerIterationReport.from_list(r) for r in extra["reports"]]
             self._mark_fresh()
         elif any(n in state_dict for n in names):
             self._fresh = None

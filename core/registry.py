@@ -63,11 +63,13 @@ class Kind:
     ``forward(spec, x, context)`` maps one sample of shape ``event_shape(config)`` to the latent;
     ``inverse`` is given where the kind has an analytic inverse (otherwise the reference solves);
     ``init_params(config, rng)`` returns generic parameters in the canonical layout;
-    ``check_config(config)`` raises :class:`ConfigError` on an invalid configuration.
+    ``check_config(config)`` raises :class:`ConfigError` on an invalid configuration;
+    ``config_keys`` (a set, or a function of the config) are the keys a kind takes, where it
+    declares them rather than checking unknown keys in ``check_config``.
     ``domain``/``codomain`` are the sets x and z live in (``codomain_fn(config)`` where the codomain
-    depends on the config, as the logit's (logit α, logit(1 − α)) does: see :meth:`codomain_of`); ``latent_shape`` is z's shape where it
-    differs from x's (squeeze); ``context_shape`` is the shape of one context sample for kinds that
-    may be conditional (it returns None for a config that takes no context, see
+    depends on the config, as the logit's (logit α, logit(1 − α)) does: see :meth:`codomain_of`);
+    ``latent_shape`` is z's shape where it differs from x's (squeeze); ``context_shape`` is the shape
+    of one context sample for kinds that may be conditional (it returns None for a config that takes no context, see
     :meth:`context_of`). Composite kinds carry their ``event_shape`` in their config.
     ``extras`` carries kind-specific reference quantities (estimators, exact norms, ...).
     """
@@ -125,6 +127,22 @@ def config_sequence(config: Mapping[str, Any], key: str, default: Any = ()) -> t
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"config[{key!r}] must be a list, got {value!r}")
     return tuple(value)
+
+
+def int_at_least(config: Mapping[str, Any], key: str, low: int, what: str) -> int:
+    """``config[key]``, which must be an int ≥ ``low``; otherwise :class:`ConfigError` naming the key,
+    ``what`` it configures and the value."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"config[{key!r}] of {what} must be an int ≥ {low}, got {value!r}")
+    return value
+
+
+def one_of(config: Mapping[str, Any], key: str, options: tuple[str, ...], what: str) -> str:
+    """``config[key]``, which must be one of ``options``; otherwise :class:`ConfigError`."""
+    if config[key] not in options:
+        raise ConfigError(f"config[{key!r}] of {what} must be one of {list(options)}, got {config[key]!r}")
+    return config[key]
 
 
 def positive_number(config: Mapping[str, Any], key: str, what: str) -> float:

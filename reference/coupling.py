@@ -47,14 +47,13 @@ again the one with the largest index).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Callable, Mapping
 
 import autograd.numpy as anp
 import numpy as np
 
 from flowspec.errors import ConfigError, FlowInputError
-from flowspec.registry import Kind, register
+from flowspec.registry import Kind, int_at_least, one_of, register
 from flowspec.spec import FlowSpec
 
 from . import attention
@@ -62,6 +61,7 @@ from .conv import conv2d
 from .lipschitz import tanh
 
 FAMILY = "coupling"
+_WHAT = "a coupling layer"
 MASKS = ("channel", "checkerboard")
 CONDITIONERS = ("mlp", "conv", "attention")
 IMAGE_CONDITIONERS = ("conv", "attention")
@@ -125,17 +125,6 @@ class CouplingConfig:
         return self.shape[0] + self.context_channels
 
 
-def _int_at_least(config: Mapping[str, Any], key: str, low: int) -> int:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"config[{key!r}] of a coupling layer must be an int ≥ {low}, got {value!r}")
-    return value
-
-
-def _choice(config: Mapping[str, Any], key: str, options: tuple[str, ...]) -> str:
-    if config[key] not in options:
-        raise ConfigError(f"config[{key!r}] of a coupling layer must be one of {list(options)}, got {config[key]!r}")
-    return config[key]
 
 
 def _check_shape(value: Any, mask: str, conditioner: str) -> tuple[int, ...]:
@@ -164,12 +153,12 @@ def parse_config(config: Mapping[str, Any], affine: bool) -> CouplingConfig:
     if "shape" not in config:
         raise ConfigError("a coupling layer needs config['shape'] ([D] or [C, H, W])")
     full = {**defaults, **config}
-    mask, conditioner = _choice(full, "mask", MASKS), _choice(full, "conditioner", CONDITIONERS)
+    mask, conditioner = one_of(full, "mask", MASKS, _WHAT), one_of(full, "conditioner", CONDITIONERS, _WHAT)
     shape = _check_shape(full["shape"], mask, conditioner)
     parity = full["parity"]
     if isinstance(parity, bool) or not isinstance(parity, int) or parity not in (0, 1):
         raise ConfigError(f"config['parity'] of a coupling layer must be 0 or 1, got {parity!r}")
-    sizes = {key: _int_at_least(full, key, low) for key, low in
+    sizes = {key: int_at_least(full, key, low, _WHAT) for key, low in
              (("hidden", 1), ("depth", 1), ("context_dim", 0), ("context_channels", 0), ("blocks", 1), ("heads", 1))}
     _check_unread(full, conditioner)
     if conditioner == "attention" and sizes["hidden"] % sizes["heads"]:
@@ -180,7 +169,7 @@ def parse_config(config: Mapping[str, Any], affine: bool) -> CouplingConfig:
         raise ConfigError(f"config['scale_factor'] of an affine coupling must be a finite number > 0, got {scale!r}")
     return CouplingConfig(
         shape=shape, mask=mask, parity=parity, conditioner=conditioner,
-        activation=_choice(full, "activation", tuple(ACTIVATIONS)),
+        activation=one_of(full, "activation", tuple(ACTIVATIONS), _WHAT),
         scale_factor=float(scale) if affine else None, **sizes,
     )
 
@@ -256,14 +245,9 @@ def conditioner(spec: FlowSpec, cfg: CouplingConfig, h: Any) -> Any:
     return h
 
 
-def init_params(config: Mapping[str, Any], rng: np.random.Generator, affine: bool) -> dict[str, np.ndarray]:
-    """Generic random weights, N(0, 1/fan_in), and biases, N(0, 0.5²), the last layer included."""
-    return init_conditioner(parse_config(config, affine), rng)
-
-
 def init_conditioner(cfg: CouplingConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The conditioner's params for ``cfg`` as :func:`init_params` draws them (the attention
-    conditioner's: :func:`flowspec.reference.attention.init_params`)."""
+    """The conditioner's generic random params for ``cfg``: weights N(0, 1/fan_in), biases N(0, 0.5²),
+    the last layer included (the attention conditioner's: :func:`flowspec.reference.attention.init_params`)."""
     if cfg.conditioner == "attention":
         return attention.init_params(rng, cfg.input_channels, cfg.outputs_per_entry * cfg.shape[0], cfg.hidden,
                                      cfg.blocks)
@@ -336,25 +320,36 @@ def _with_context(cfg: CouplingConfig, inputs: Any, context: Any) -> Any:
     return anp.concatenate([inputs, context], axis=0)
 
 
-def context_shape(config: Mapping[str, Any], affine: bool) -> tuple[int, ...] | None:
-    """``(context_dim,)``, ``(context_channels, H, W)``, or None where the layer takes no context."""
-    return parse_config(config, affine).context_shape
+
+Parse = Callable[[Mapping[str, Any]], tuple[CouplingConfig, Any]]  # config -> (coupling config, law settings)
+LawFor = Callable[[Any, bool], Law]  # (law settings, inverse) -> the law of that direction
+
+
+def register_coupling_kind(name: str, family: str, parse: Parse, law_for: LawFor, summary: str,
+                           extras: Mapping[str, Callable[..., Any]] | None = None) -> None:
+    """Register a coupling kind: ``parse`` validates a config into the coupling's config and the
+    law's own settings, ``law_for`` gives the law of either direction; masks, conditioner,
+    parameters and context are the coupling machinery's (:func:`couple`, :func:`init_conditioner`)."""
+    def run(spec: FlowSpec, x: Any, context: Any = None, inverse: bool = False) -> Any:
+        cfg, settings = parse(spec.config)
+        return couple(spec, cfg, x, context, law_for(settings, inverse))
+
+    register(Kind(
+        name=name, family=family,
+        forward=run,
+        inverse=lambda spec, z, context=None: run(spec, z, context, inverse=True),
+        event_shape=lambda config: parse(config)[0].shape,
+        init_params=lambda config, rng: init_conditioner(parse(config)[0], rng),
+        context_shape=lambda config: parse(config)[0].context_shape,
+        check_config=parse,
+        extras=dict(extras or {}),
+        summary=summary,
+    ))
 
 
 def _register(name: str, law: Law, inverse_law: Law, affine: bool, summary: str) -> None:
-    def run(spec: FlowSpec, x: Any, context: Any, chosen: Law) -> Any:
-        return couple(spec, parse_config(spec.config, affine), x, context, chosen)
-
-    register(Kind(
-        name=name, family=FAMILY,
-        forward=lambda spec, x, context=None: run(spec, x, context, law),
-        inverse=lambda spec, z, context=None: run(spec, z, context, inverse_law),
-        event_shape=lambda config: parse_config(config, affine).shape,
-        init_params=partial(init_params, affine=affine),
-        context_shape=partial(context_shape, affine=affine),
-        check_config=partial(parse_config, affine=affine),
-        summary=summary,
-    ))
+    register_coupling_kind(name, FAMILY, lambda config: (parse_config(config, affine), None),
+                           lambda _, inverse: inverse_law if inverse else law, summary)
 
 
 _register("additive_coupling", additive_law, additive_inverse_law, False,

@@ -56,7 +56,7 @@ from scipy.special import logsumexp
 
 from flowspec import registry
 from flowspec.errors import ConfigError, FlowInputError
-from flowspec.registry import REAL, UNIT_INTERVAL, Kind, register
+from flowspec.registry import REAL, UNIT_INTERVAL, Kind, int_at_least, one_of, positive_number, register
 from flowspec.spec import FlowSpec
 
 from . import coupling
@@ -65,6 +65,7 @@ from .elementwise import logit_forward, logit_inverse
 from .solve import inverse, inverse_one
 
 FAMILY = "dequantizer"
+_WHAT = "a dequantizer"
 CONDITIONERS = ("mlp", "conv")
 DEFAULTS: dict[str, Any] = {
     "couplings": 2, "mask": "channel", "conditioner": "mlp", "hidden": 8, "depth": 1, "activation": "tanh",
@@ -88,17 +89,6 @@ class DequantizerConfig:
         return int(np.prod(self.shape))
 
 
-def _int_at_least(full: Mapping[str, Any], key: str, low: int) -> int:
-    value = full[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"config[{key!r}] of a dequantizer must be an int ≥ {low}, got {value!r}")
-    return value
-
-
-def _option(full: Mapping[str, Any], key: str, options: tuple[str, ...]) -> str:
-    if full[key] not in options:
-        raise ConfigError(f"config[{key!r}] of a dequantizer must be one of {list(options)}, got {full[key]!r}")
-    return full[key]
 
 
 def _shape(value: Any, conditioner: str) -> tuple[int, ...]:
@@ -118,17 +108,16 @@ def parse_config(config: Mapping[str, Any]) -> DequantizerConfig:
     if "shape" not in config:
         raise ConfigError("a dequantizer needs config['shape'] ([D] or [C, H, W])")
     full = {**DEFAULTS, **config}
-    conditioner = _option(full, "conditioner", CONDITIONERS)
-    scale = full["scale_factor"]
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < np.inf:
-        raise ConfigError(f"config['scale_factor'] of a dequantizer must be a finite number > 0, got {scale!r}")
+    conditioner = one_of(full, "conditioner", CONDITIONERS, _WHAT)
+    scale = positive_number(full, "scale_factor", _WHAT)
     shape = _shape(full["shape"], conditioner)
     net = coupling.CouplingConfig(
-        shape=shape, mask="channel", parity=0, conditioner=conditioner, hidden=_int_at_least(full, "hidden", 1),
-        depth=_int_at_least(full, "depth", 1), activation=_option(full, "activation", tuple(coupling.ACTIVATIONS)),
-        context_dim=0, scale_factor=float(scale),
+        shape=shape, mask="channel", parity=0, conditioner=conditioner,
+        hidden=int_at_least(full, "hidden", 1, _WHAT), depth=int_at_least(full, "depth", 1, _WHAT),
+        activation=one_of(full, "activation", tuple(coupling.ACTIVATIONS), _WHAT), context_dim=0, scale_factor=scale,
     )
-    cfg = DequantizerConfig(shape, _int_at_least(full, "couplings", 0), _option(full, "mask", coupling.MASKS), net)
+    cfg = DequantizerConfig(shape, int_at_least(full, "couplings", 0, _WHAT),
+                            one_of(full, "mask", coupling.MASKS, _WHAT), net)
     for i in range(min(cfg.couplings, 2)):  # both parities split the event (D ≥ 2, the mask's halves)
         try:
             coupling.parse_config(child_config(cfg, i), affine=True)

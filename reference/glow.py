@@ -44,7 +44,7 @@ import numpy as np
 
 from flowspec import registry
 from flowspec.errors import ConfigError
-from flowspec.registry import Kind, register
+from flowspec.registry import Kind, int_at_least, one_of, register
 from flowspec.spec import FlowSpec
 
 from .core import init_spec
@@ -53,6 +53,7 @@ from .multiscale import multiscale_forward, multiscale_inverse, prior_name
 from .sequential import sequential_spec
 
 FAMILY = "glow"
+_WHAT = "a glow model"
 COUPLINGS = ("affine", "additive")
 DEFAULTS: dict[str, Any] = {
     "levels": 3, "steps": 4, "hidden": 32, "coupling": "affine", "depth": 2, "activation": "relu",
@@ -93,17 +94,6 @@ class GlowConfig:
         return int(np.prod(self.shape))
 
 
-def _int_at_least(config: Mapping[str, Any], key: str, low: int) -> int:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"config[{key!r}] of a glow model must be an int ≥ {low}, got {value!r}")
-    return value
-
-
-def _choice(config: Mapping[str, Any], key: str, options: tuple[str, ...]) -> str:
-    if config[key] not in options:
-        raise ConfigError(f"config[{key!r}] of a glow model must be one of {list(options)}, got {config[key]!r}")
-    return config[key]
 
 
 def _shape(value: Any, levels: int) -> tuple[int, int, int]:
@@ -124,14 +114,14 @@ def parse_config(config: Mapping[str, Any]) -> GlowConfig:
     if "shape" not in config:
         raise ConfigError("a glow model needs config['shape'] ([C, H, W])")
     full = {**DEFAULTS, **config}
-    levels = _int_at_least(full, "levels", 1)
+    levels = int_at_least(full, "levels", 1, _WHAT)
     scale = full["scale_factor"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < np.inf:
         raise ConfigError(f"config['scale_factor'] of a glow model must be a finite number > 0, got {scale!r}")
     return GlowConfig(
-        shape=_shape(full["shape"], levels), levels=levels, steps=_int_at_least(full, "steps", 1),
-        hidden=_int_at_least(full, "hidden", 1), coupling=_choice(full, "coupling", COUPLINGS),
-        depth=_int_at_least(full, "depth", 1), activation=_choice(full, "activation", tuple(ACTIVATIONS)),
+        shape=_shape(full["shape"], levels), levels=levels, steps=int_at_least(full, "steps", 1, _WHAT),
+        hidden=int_at_least(full, "hidden", 1, _WHAT), coupling=one_of(full, "coupling", COUPLINGS, _WHAT),
+        depth=int_at_least(full, "depth", 1, _WHAT), activation=one_of(full, "activation", tuple(ACTIVATIONS), _WHAT),
         scale_factor=float(scale),
     )
 

@@ -73,7 +73,7 @@ import numpy as np
 from autograd.tracer import getval
 
 from flowspec.errors import ConfigError, ConvergenceError
-from flowspec.registry import Kind, positive_number, register
+from flowspec.registry import positive_number
 from flowspec.spec import FlowSpec
 
 from . import coupling
@@ -259,13 +259,6 @@ def coupling_law(mix: MixtureConfig, inverse: bool) -> coupling.Law:
     return law
 
 
-def coupling_forward(spec: FlowSpec, x: Any, context: Any = None, inverse: bool = False) -> Any:
-    """Flow++ eqs. 19–20: y_t = ℓ(x_t; π, μ, s)·e^{a} + b with every parameter from the conditioner
-    on the unchanged part, y_u = x_u."""
-    cfg, mix = parse_coupling(spec.config)
-    return coupling.couple(spec, cfg, x, context, coupling_law(mix, inverse))
-
-
 @dataclass(frozen=True)
 class EntryMixtures:
     """The transformed entries of one sample (``index``: flat C-order indices) and their parameters,
@@ -314,14 +307,9 @@ def with_fixed_components(spec: FlowSpec, mu: np.ndarray, log_scale_fraction: np
     return FlowSpec(spec.kind, spec.config, {**spec.params, f"{last}.weight": weight, f"{last}.bias": bias})
 
 
-register(Kind(
-    name="logistic_mixture_coupling", family=FAMILY,
-    forward=coupling_forward,
-    inverse=lambda spec, z, context=None: coupling_forward(spec, z, context, inverse=True),
-    event_shape=lambda config: parse_coupling(config)[0].shape,
-    init_params=lambda config, rng: coupling.init_conditioner(parse_coupling(config)[0], rng),
-    context_shape=lambda config: parse_coupling(config)[0].context_shape,
-    check_config=parse_coupling,
-    extras={"logit_mixture": entry_mixtures, "logit_mixture_fixed": with_fixed_components},
-    summary="Flow++: y = σ⁻¹(MixLogCDF(x; π, μ, s))·e^a + b per transformed entry (3K + 2 outputs per entry)",
-))
+# Flow++ eqs. 19–20: y_t = ℓ(x_t; π, μ, s)·e^{a} + b with every parameter from the conditioner on the
+# unchanged part, y_u = x_u.
+coupling.register_coupling_kind(
+    "logistic_mixture_coupling", FAMILY, parse_coupling, coupling_law,
+    "Flow++: y = σ⁻¹(MixLogCDF(x; π, μ, s))·e^a + b per transformed entry (3K + 2 outputs per entry)",
+    extras={"logit_mixture": entry_mixtures, "logit_mixture_fixed": with_fixed_components})

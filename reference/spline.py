@@ -250,22 +250,10 @@ def coupling_law(spl: SplineConfig, inverse: bool) -> coupling.Law:
     return law
 
 
-def coupling_forward(spec: FlowSpec, x: Any, context: Any = None, inverse: bool = False) -> Any:
-    """NSF-C (Durkan et al. Sec. 3.2): z_t = spline(x_t; θ(b⊙x)), z_u = x_u."""
-    cfg, spl = parse_coupling(spec.config)
-    return coupling.couple(spec, cfg, x, context, coupling_law(spl, inverse))
-
-
-register(Kind(
-    name="spline_coupling", family=FAMILY,
-    forward=coupling_forward,
-    inverse=lambda spec, z, context=None: coupling_forward(spec, z, context, inverse=True),
-    event_shape=lambda config: parse_coupling(config)[0].shape,
-    init_params=lambda config, rng: coupling.init_conditioner(parse_coupling(config)[0], rng),
-    context_shape=lambda config: parse_coupling(config)[0].context_shape,
-    check_config=parse_coupling,
-    summary="NSF-C: a coupling layer whose law is the rational-quadratic spline (3K − 1 outputs per entry)",
-))
+# NSF-C (Durkan et al. Sec. 3.2): z_t = spline(x_t; θ(b⊙x)), z_u = x_u.
+coupling.register_coupling_kind(
+    "spline_coupling", FAMILY, parse_coupling, coupling_law,
+    "NSF-C: a coupling layer whose law is the rational-quadratic spline (3K − 1 outputs per entry)")
 
 
 # ----------------------------------------------------------------------------- spline_autoregressive (NSF-AR)

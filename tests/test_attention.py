@@ -64,9 +64,10 @@ def test_self_attention_is_softmax_attention_per_head() -> None:
 def test_layer_norm_is_over_the_channels_of_each_position() -> None:
     h = 3.0 + 2.0 * _gen("norm").standard_normal((5, 2, 3))
     out = attention.layer_norm(h, np.ones(5), np.zeros(5))
-    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-12)
+    assert_close(out.mean(axis=0), np.zeros((2, 3)), "forward", "float64", h.shape[0], "mean over the channels")
     var = h.var(axis=0)
-    np.testing.assert_allclose(out.var(axis=0), var / (var + attention.NORM_EPS), rtol=1e-12)
+    assert_close(out.var(axis=0), var / (var + attention.NORM_EPS), "forward", "float64", h.shape[0],
+                 "variance over the channels")
     moved = h.copy()
     moved[:, 1, 2] += 10.0
     changed = np.any(attention.layer_norm(moved, np.ones(5), np.zeros(5)) != out, axis=0)
