@@ -8,7 +8,7 @@ The map, batched and vectorised over entries and components (the parameters' las
 * :func:`mixture_logit_and_log_derivative` — (ℓ, log ℓ′), log ℓ′ = log F′ − log F − log(1 − F) with
   the density paired with the smaller of F and 1 − F under one shared shift, so that the large
   common term cancels exactly;
-* :func:`logit_bracket`, :func:`safeguarded_newton` and :func:`mixture_logit_inverse` — x with
+* :func:`logit_bracket` and :func:`mixture_logit_inverse` (the shared :func:`.solve.safeguarded_newton`) — x with
   ℓ(x) = t inside the exact bracket [min_i(μ_i + e^{s_i}t), max_i(μ_i + e^{s_i}t)], by Newton steps
   safeguarded by bisection, all entries at once, until the step or the bracket is within
   rtol·(|x| + min_i e^{s_i}) (rtol = 16ε of the dtype by default); ConvergenceError with the relative
@@ -32,20 +32,17 @@ Solver settings are attributes, not config: ``max_iter`` (default 200) and ``rto
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid
 
-from flowspec.errors import ConvergenceError
-
 from .base import register
 from .coupling import _Coupling
+from .solve import DEFAULT_MAX_ITER, default_rtol, implicit_step, safeguarded_newton
 from .spline import per_entry
 
-DEFAULT_MAX_ITER = 200
-RTOL_ULPS = 16.0
 
 
 # ----------------------------------------------------------------------------- the map
@@ -87,58 +84,6 @@ def logit_bracket(target: Tensor, mu: Tensor, log_scale: Tensor) -> tuple[Tensor
     """[min_i(μ_i + e^{s_i} t), max_i(μ_i + e^{s_i} t)], which holds ℓ⁻¹(t)."""
     ends = mu + torch.exp(log_scale) * target.unsqueeze(-1)
     return ends.amin(dim=-1), ends.amax(dim=-1)
-
-
-def default_rtol(dtype: torch.dtype) -> float:
-    """16 ulps of the dtype."""
-    return RTOL_ULPS * torch.finfo(dtype).eps
-
-
-Scalar = Callable[[Tensor], tuple[Tensor, Tensor]]  # x -> (value, log slope), increasing elementwise
-
-
-def safeguarded_newton(fn: Scalar, target: Tensor, low: Tensor, high: Tensor, floor: Tensor, *, rtol: float,
-                       max_iter: int = DEFAULT_MAX_ITER, what: str = "the scalar solve") -> Tensor:
-    """Elementwise root of the increasing ``fn(x) = target`` in [low, high]: Newton steps, bisection
-    where a step leaves the bracket or does not halve the step before last (a step already below the
-    tolerance is taken: at the rounding floor steps no longer shrink); an entry is done when
-    its Newton step or its bracket is ≤ rtol·(|x| + floor). Raises :class:`ConvergenceError` with
-    the relative residual |fn(x) − target|/max(1, |target|) at ``max_iter``. No autograd."""
-    with torch.no_grad():
-        width = (high - low).abs()
-        lo, hi = low - rtol * (low.abs() + floor), high + rtol * (high.abs() + floor)
-        x = 0.5 * (lo + hi)
-        step_before = step = width + 1.0
-        done = torch.zeros_like(x, dtype=torch.bool)
-        for _ in range(max_iter):
-            value, log_slope = fn(x)
-            r = value - target
-            lo, hi = torch.where(r < 0, x, lo), torch.where(r > 0, x, hi)
-            newton = x - r * torch.exp(-log_slope)
-            inside, newton_step = (newton > lo) & (newton < hi), (newton - x).abs()
-            tol = rtol * (x.abs() + floor)
-            final = (newton >= lo) & (newton <= hi) & (newton_step <= tol)  # the rounding floor: no halving rule
-            use_newton = final | (inside & (newton_step <= 0.5 * step_before))
-            new = torch.where(r == 0, x, torch.where(use_newton, newton, 0.5 * (lo + hi)))
-            delta = (new - x).abs()
-            converged = (r == 0) | final | (hi - lo <= tol)
-            x = torch.where(done, x, new)
-            done = done | converged
-            if bool(done.all()):
-                return x
-            step_before, step = step, delta
-        residual = (fn(x)[0] - target).abs() / target.abs().clamp(min=1.0)
-    raise ConvergenceError(f"{what} did not converge ({int((~done).sum())} of {done.numel()} entries)",
-                           residual=float(residual[~done].max()), iterations=max_iter, tolerance=rtol)
-
-
-def implicit_step(x: Tensor, target: Tensor, mixture: Scalar) -> tuple[Tensor, Tensor]:
-    """(x, log ℓ′(x)) for the root x of ℓ(x) = target, ``mixture(x) -> (ℓ, log ℓ′)``: x gets the
-    gradients of the implicit function theorem (its value unchanged), log ℓ′ its own."""
-    ell, log_d = mixture(x)
-    residual = target - ell
-    inverse_slope = torch.exp(-log_d.detach()).clamp(max=torch.finfo(x.dtype).max)
-    return x + (residual - residual.detach()) * inverse_slope, log_d
 
 
 def mixture_logit_inverse(target: Tensor, log_pi: Tensor, mu: Tensor, log_scale: Tensor, *, rtol: float | None = None,

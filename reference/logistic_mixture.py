@@ -36,9 +36,8 @@ valid answer). The bracket's ends are widened by that much to absorb their own r
 Newton step below the tolerance the error is of the order of its square, so the answer is accurate
 to rounding; where ℓ is flat (between peaked components) the bracket shrinks to the tolerance and x
 is as well determined as ℓ's rounding allows. At ``max_iter`` it raises :class:`~flowspec.errors.ConvergenceError` with the relative
-residual |ℓ(x) − t|/max(1, |t|). The solver is this module's own (``reference/solve.py`` holds the
-full-Jacobian Newton solve and a scalar bisection; a vectorised bracketed Newton–bisection was
-missing there).
+residual |ℓ(x) − t|/max(1, |t|). The solver is the shared 1-D monotone solve of
+:mod:`flowspec.reference.solve`.
 
 These functions are the map's one definition in the reference; the deep sigmoidal flow (NAF) is the
 same map with a_i = e^{−s_i}, b_i = −μ_i e^{−s_i}.
@@ -66,25 +65,24 @@ affine map), ``scale_factor`` (> 0, default 1.0), ``log_scale_bound`` (> 0, defa
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from flowspec.errors import ConfigError, ConvergenceError
+from flowspec.errors import ConfigError
 from flowspec.registry import positive_number
 from flowspec.spec import FlowSpec
 
 from . import coupling
 from .lipschitz import tanh
+from .solve import DEFAULT_SCALAR_MAX_ITER as DEFAULT_MAX_ITER, DEFAULT_SCALAR_RTOL as DEFAULT_RTOL, safeguarded_newton
 from .spline import per_entry
 
 FAMILY = "logistic_mixture"
 _WHAT = "a logistic mixture coupling"
 MIXTURE_DEFAULTS: dict[str, Any] = {"components": 4, "scale_factor": 1.0, "log_scale_bound": 7.0}
-DEFAULT_RTOL = 16.0 * float(np.finfo(np.float64).eps)
-DEFAULT_MAX_ITER = 200
 
 
 # ----------------------------------------------------------------------------- the map
@@ -143,50 +141,6 @@ def logit_bracket(target: np.ndarray, mu: np.ndarray, log_scale: np.ndarray) -> 
     """The exact bracket [min_i(μ_i + e^{s_i} t), max_i(μ_i + e^{s_i} t)] of ℓ⁻¹(t) (module docstring)."""
     ends = mu + np.exp(log_scale) * np.asarray(target)[..., None]
     return ends.min(axis=-1), ends.max(axis=-1)
-
-
-# ----------------------------------------------------------------------------- the solver
-
-Scalar = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # x -> (value, log slope), increasing
-
-
-def safeguarded_newton(fn: Scalar, target: np.ndarray, low: np.ndarray, high: np.ndarray, floor: np.ndarray, *,
-                       rtol: float = DEFAULT_RTOL, max_iter: int = DEFAULT_MAX_ITER,
-                       what: str = "the scalar solve") -> np.ndarray:
-    """Elementwise root of the increasing ``fn(x) = target`` in [low, high] (module docstring):
-    Newton steps, bisection where a step leaves the bracket or does not halve the step before last
-    (a step already below the tolerance is taken: at the rounding floor steps no longer shrink);
-    done where the Newton step or the bracket is ≤ rtol·(|x| + floor). Raises
-    :class:`ConvergenceError` with the relative residual at ``max_iter``."""
-    target = np.asarray(target, np.float64)
-    lo, hi = np.array(low, np.float64), np.array(high, np.float64)
-    width = np.abs(hi - lo)
-    lo, hi = lo - rtol * (np.abs(lo) + floor), hi + rtol * (np.abs(hi) + floor)  # the ends' own rounding
-    x = 0.5 * (lo + hi)
-    step_before, step = width + 1.0, width + 1.0
-    done = np.zeros(x.shape, dtype=bool)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for _ in range(max_iter):
-            value, log_slope = fn(x)
-            r = value - target
-            lo, hi = np.where(r < 0, x, lo), np.where(r > 0, x, hi)
-            newton = x - r * np.exp(-log_slope)
-            inside, newton_step = (newton > lo) & (newton < hi), np.abs(newton - x)
-            tol = rtol * (np.abs(x) + floor)
-            final = (newton >= lo) & (newton <= hi) & (newton_step <= tol)  # the rounding floor: no halving rule
-            use_newton = final | (inside & (newton_step <= 0.5 * step_before))
-            new = np.where(r == 0, x, np.where(use_newton, newton, 0.5 * (lo + hi)))
-            delta = np.abs(new - x)
-            converged = (r == 0) | final | (hi - lo <= tol)
-            x = np.where(done, x, new)
-            done |= converged
-            if done.all():
-                return x
-            step_before, step = step, delta
-    value, _ = fn(x)
-    residual = np.abs(value - target) / np.maximum(1.0, np.abs(target))
-    raise ConvergenceError(f"{what} did not converge ({int((~done).sum())} of {done.size} entries)",
-                           residual=float(np.max(residual[~done])), iterations=max_iter, tolerance=rtol)
 
 
 def mixture_logit_inverse(target: Any, log_pi: Any, mu: Any, log_scale: Any, *, rtol: float = DEFAULT_RTOL,

@@ -21,6 +21,8 @@ from flowspec.spec import FlowSpec
 from .core import Array, check_context, check_input, flat_forward_one, jacobian_one, stack_samples
 
 DEFAULT_RTOL = 1e-12
+DEFAULT_SCALAR_RTOL = 16.0 * float(np.finfo(np.float64).eps)
+DEFAULT_SCALAR_MAX_ITER = 200
 DEFAULT_MAX_ITER = 100
 _MAX_HALVINGS = 40
 
@@ -151,3 +153,76 @@ def bisect_increasing(fn: Callable[[float], float], target: float, low: float, h
             low, f_low = mid, f_mid
         else:
             high, f_high = mid, f_mid
+
+
+Scalar = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # x -> (value, log slope), increasing
+
+
+def safeguarded_newton(fn: Scalar, target: np.ndarray, low: np.ndarray, high: np.ndarray, floor: np.ndarray, *,
+                       rtol: float = DEFAULT_SCALAR_RTOL, max_iter: int = DEFAULT_SCALAR_MAX_ITER,
+                       what: str = "the scalar solve") -> np.ndarray:
+    """Elementwise root of the increasing ``fn(x) = target`` in [low, high] (the 1-D monotone solve every
+    elementwise law inverts with: the logistic mixture, NAF, SOS, UMNN):
+    Newton steps, bisection where a step leaves the bracket or does not halve the step before last
+    (a step already below the tolerance is taken: at the rounding floor steps no longer shrink);
+    done where the Newton step or the bracket is ≤ rtol·(|x| + floor). Raises
+    :class:`ConvergenceError` with the relative residual at ``max_iter``."""
+    target = np.asarray(target, np.float64)
+    lo, hi = np.array(low, np.float64), np.array(high, np.float64)
+    width = np.abs(hi - lo)
+    lo, hi = lo - rtol * (np.abs(lo) + floor), hi + rtol * (np.abs(hi) + floor)  # the ends' own rounding
+    x = 0.5 * (lo + hi)
+    step_before, step = width + 1.0, width + 1.0
+    done = np.zeros(x.shape, dtype=bool)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for _ in range(max_iter):
+            value, log_slope = fn(x)
+            r = value - target
+            lo, hi = np.where(r < 0, x, lo), np.where(r > 0, x, hi)
+            newton = x - r * np.exp(-log_slope)
+            inside, newton_step = (newton > lo) & (newton < hi), np.abs(newton - x)
+            tol = rtol * (np.abs(x) + floor)
+            final = (newton >= lo) & (newton <= hi) & (newton_step <= tol)  # the rounding floor: no halving rule
+            use_newton = final | (inside & (newton_step <= 0.5 * step_before))
+            new = np.where(r == 0, x, np.where(use_newton, newton, 0.5 * (lo + hi)))
+            delta = np.abs(new - x)
+            converged = (r == 0) | final | (hi - lo <= tol)
+            x = np.where(done, x, new)
+            done |= converged
+            if done.all():
+                return x
+            step_before, step = step, delta
+    value, _ = fn(x)
+    residual = np.abs(value - target) / np.maximum(1.0, np.abs(target))
+    raise ConvergenceError(f"{what} did not converge ({int((~done).sum())} of {done.size} entries)",
+                           residual=float(np.max(residual[~done])), iterations=max_iter, tolerance=rtol)
+
+
+DEFAULT_EXPANSIONS = 64
+
+
+def expand_bracket(fn: Callable[[np.ndarray], np.ndarray], target: np.ndarray, low: np.ndarray, high: np.ndarray, *,
+                   max_expansions: int = DEFAULT_EXPANSIONS,
+                   what: str = "the scalar solve") -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise [lo, hi] with fn(lo) ≤ target ≤ fn(hi) for an increasing ``fn`` on the whole real
+    line (no exact bracket known), from the guess [low, high]: an end that misses moves outward by a
+    width that doubles at each try. Raises :class:`ConvergenceError` with the relative residual of the
+    nearer end after ``max_expansions`` doublings (the map is then bounded, or the target out of range)."""
+    target = np.asarray(target, np.float64)
+    lo, hi = np.array(low, np.float64), np.array(high, np.float64)
+    width = np.maximum(hi - lo, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(max_expansions):
+            f_lo, f_hi = fn(lo), fn(hi)
+            below, above = f_lo > target, f_hi < target
+            if not (below.any() or above.any()):
+                return lo, hi
+            lo, hi = np.where(below, lo - width, lo), np.where(above, hi + width, hi)
+            width = 2.0 * width
+        f_lo, f_hi = fn(lo), fn(hi)
+    missed = (f_lo > target) | (f_hi < target)
+    gap = np.where(f_lo > target, f_lo - target, target - f_hi)
+    residual = np.abs(gap) / np.maximum(1.0, np.abs(target))
+    raise ConvergenceError(f"{what} found no bracket ({int(missed.sum())} of {missed.size} entries) "
+                           f"within {max_expansions} doublings", residual=float(np.max(residual[missed])),
+                           iterations=max_expansions, tolerance=0.0)
