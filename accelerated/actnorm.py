@@ -6,7 +6,8 @@ with S the number of spatial positions (H·W for images, 1 for vectors).
 Initialisation: the first forward in training mode of a flow whose ``initialized`` flag is not set
 calls :meth:`ActNorm.initialize` on its batch, which sets ``bias`` and ``log_scale`` so that the
 output has per-channel mean 0 and variance 1 (divisor n) over the batch and the spatial positions,
-by the rule of :func:`flowspec.reference.actnorm.actnorm_init` (statistics in float64; a channel
+by the rule of :func:`flowspec.reference.actnorm.actnorm_init` (statistics in float64, over the
+batches of every process under ``torch.distributed``: :func:`_channel_statistics`; a channel
 whose values are all equal, as every channel of a batch of one vector is, is only centred, keeps
 log_scale = 0, and a ``UserWarning`` names it; the standard deviation is floored at the smallest
 normal number of the parameters' dtype). A flow built from a spec carries the spec's
@@ -32,6 +33,38 @@ from flowspec.spec import FlowSpec
 
 from .base import register
 from .elementwise import _Elementwise
+
+
+def _world_size() -> int:
+    """The number of processes of an initialised ``torch.distributed`` group (1 without one)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _channel_statistics(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(constant, mean, std with divisor n) per row of ``values`` (channels × values), float64.
+
+    Under an initialised ``torch.distributed`` group of several processes the statistics are those
+    of the union of every process's batch: counts, sums, sums of squared deviations from the global
+    mean, minima and maxima are all-reduced (two passes), so that data-parallel training initialises
+    as one process would on the global batch (up to the order of the sums)."""
+    if _world_size() == 1:
+        constant = values.amax(dim=1) == values.amin(dim=1)
+        return constant, values.mean(dim=1), values.std(dim=1, correction=0)
+    import torch.distributed as dist
+
+    count = torch.tensor([float(values.shape[1])], dtype=torch.float64, device=values.device)
+    total = values.sum(dim=1)
+    for t in (count, total):
+        dist.all_reduce(t)
+    mean = total / count
+    squares = ((values - mean[:, None]) ** 2).sum(dim=1)
+    low, high = values.amin(dim=1), values.amax(dim=1)
+    dist.all_reduce(squares)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return high == low, mean, torch.sqrt(squares / count)
 
 
 @register("actnorm")
@@ -64,9 +97,9 @@ class ActNorm(_Elementwise):
         if x.shape[0] == 0:
             raise FlowInputError("the data-dependent initialisation of actnorm needs at least one sample")
         values = x.detach().transpose(0, 1).reshape(self._shape[0], -1).to(torch.float64)
-        constant = values.amax(dim=1) == values.amin(dim=1)
-        std = values.std(dim=1, correction=0).clamp_min(torch.finfo(self.log_scale.dtype).tiny)
-        self.bias.copy_(torch.where(constant, -values[:, 0], -values.mean(dim=1)))
+        constant, mean, std = _channel_statistics(values)
+        std = std.clamp_min(torch.finfo(self.log_scale.dtype).tiny)
+        self.bias.copy_(torch.where(constant, -values[:, 0], -mean))
         self.log_scale.copy_(torch.where(constant, torch.zeros_like(std), -torch.log(std)))
         self.initialized.fill_(True)
         self._ready = True

@@ -12,7 +12,7 @@ Checking finiteness synchronises a CUDA stream, which is what the switch is for.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch

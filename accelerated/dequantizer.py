@@ -36,7 +36,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 def check_discrete(k: Tensor, n_bins: int, shape: Sequence[int]) -> None:
-    """``k``: an integer-valued tensor in [0, n_bins) of shape (batch, *shape); ``n_bins`` ≥ 2."""
+    """``k``: an integer-valued tensor in [0, n_bins) of shape ``(batch, *shape)``; ``n_bins`` ≥ 2."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
         raise ConfigError(f"n_bins must be an int ≥ 2, got {n_bins!r}")
     if not isinstance(k, Tensor):

@@ -3,7 +3,8 @@
 ``FlowDistribution(flow)`` pushes a standard normal base through ``flow.inverse``:
 ``log_prob(x) = log N(f(x); 0, I) + log|det ∂f/∂x|``; ``rsample`` draws ``z ~ N(0, I)`` and returns
 ``f⁻¹(z)`` with gradients (where the flow's inverse is differentiable); ``sample`` does the same
-under ``torch.no_grad``.
+under ``torch.no_grad``; ``rsample_and_log_prob`` returns the samples with their log-density from the
+same inverse pass, ``log p(x) = log N(z; 0, I) − log|det ∂x/∂z|`` (:meth:`Flow.inverse_and_logdet`).
 """
 from __future__ import annotations
 
@@ -31,16 +32,38 @@ class FlowDistribution(torch.distributions.Distribution):
         super().__init__(batch_shape, torch.Size(flow.event_shape), validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """``log N(f(x); 0, I) + log|det ∂f/∂x|`` per sample."""
         z, logdet = self.flow(value, self.context)
-        d = math.prod(z.shape[1:])
-        return -0.5 * batch_sum(z ** 2) - 0.5 * d * math.log(2.0 * math.pi) + logdet
+        return standard_normal_log_prob(z) + logdet
 
     def rsample(self, sample_shape: Sequence[int] = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        """``x = f⁻¹(z)``, ``z ~ N(0, I)``, differentiable in the flow's parameters."""
+        shape, z = self._latents(sample_shape, generator)
+        return self._shaped(self.flow.inverse(z, self.context), shape)
+
+    def rsample_and_log_prob(self, sample_shape: Sequence[int] = torch.Size(),
+                             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``(x, log p(x))`` from one inverse pass: ``(x, log|det ∂x/∂z|) = f⁻¹(z)`` and
+        ``log p(x) = log N(z; 0, I) − log|det ∂x/∂z|`` (the inverse function theorem), differentiable."""
+        shape, z = self._latents(sample_shape, generator)
+        x, logdet = self.flow.inverse_and_logdet(z, self.context)
+        log_p = standard_normal_log_prob(z) - logdet
+        return self._shaped(x, shape), (log_p.reshape(shape) if self.context is None else log_p)
+
+    def sample_and_log_prob(self, sample_shape: Sequence[int] = torch.Size(),
+                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`rsample_and_log_prob` under ``torch.no_grad``."""
+        with torch.no_grad():
+            return self.rsample_and_log_prob(sample_shape, generator)
+
+    def _latents(self, sample_shape: Sequence[int], generator: torch.Generator | None) -> tuple[torch.Size, Tensor]:
         shape = torch.Size(sample_shape)
         n = math.prod(shape) if self.context is None else self._conditional_count(shape)
         anchor = self.flow._anchor
         z = torch.randn((n, *self.flow.latent_shape), dtype=anchor.dtype, device=anchor.device, generator=generator)
-        x = self.flow.inverse(z, self.context)
+        return shape, z
+
+    def _shaped(self, x: Tensor, shape: torch.Size) -> Tensor:
         return x.reshape(*shape, *self.flow.event_shape) if self.context is None else x
 
     def _conditional_count(self, shape: torch.Size) -> int:
@@ -53,5 +76,11 @@ class FlowDistribution(torch.distributions.Distribution):
         return rows
 
     def sample(self, sample_shape: Sequence[int] = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
+        """:meth:`rsample` under ``torch.no_grad``."""
         with torch.no_grad():
             return self.rsample(sample_shape, generator)
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """``log N(z; 0, I) = −½‖z‖² − ½·d·log 2π`` per sample, d the entries of one sample."""
+    return -0.5 * batch_sum(z ** 2) - 0.5 * math.prod(z.shape[1:]) * math.log(2.0 * math.pi)

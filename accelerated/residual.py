@@ -588,7 +588,7 @@ class ResidualBlock(Flow):
 
     def activation_derivatives(self, z: Tensor, betas: Tensor) -> dict[str, Tensor]:
         """φ(z), φ′(z) by autograd through the activation's forward, and its ``derivative(z)``, for
-        each pre-softplus β in ``betas`` (LipSwish; other activations ignore β): shape (len(betas), *z)."""
+        each pre-softplus β in ``betas`` (LipSwish; other activations ignore β): shape ``(len(betas), *z)``."""
         act = self.activations[0]
         rows: dict[str, list[Tensor]] = {"value": [], "autograd": [], "derivative": []}
         saved = act.beta.detach().clone() if isinstance(act, LipSwish) else None

@@ -53,9 +53,14 @@ def dequantize(k: Tensor, n_bins: int = 256, *, dtype: torch.dtype = torch.float
     if bool((k < 0).any()) or bool((k >= n_bins).any()):
         raise FlowInputError(f"data k must lie in [0, {n_bins}), got values in [{k.min().item()}, {k.max().item()}]")
     u = torch.rand(k.shape, dtype=dtype, device=k.device, generator=generator)
-    x = (k.to(dtype) + u) / n_bins
-    tiny = torch.finfo(dtype).eps / 2
-    return x.clamp(min=torch.finfo(dtype).tiny, max=1.0 - tiny)
+    return dequantize_with(k, u, n_bins)
+
+
+def dequantize_with(k: Tensor, u: Tensor, n_bins: int) -> Tensor:
+    """``x = (k + u) / n_bins`` for given uniform noise ``u`` (in ``u``'s dtype), moved inside (0, 1)
+    as :func:`dequantize` does; the trainer draws ``u`` keyed by the global sample index."""
+    x = (k.to(u.dtype) + u) / n_bins
+    return x.clamp(min=torch.finfo(u.dtype).tiny, max=1.0 - torch.finfo(u.dtype).eps / 2)
 
 
 def uniform_log_q(d: int, n_bins: int = 256) -> float:

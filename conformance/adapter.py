@@ -13,20 +13,20 @@ Beyond forward and inverse, an adapter may offer operations that properties abou
 modes, both directions and gradients need. Each is named by a *requirement* in
 ``Capabilities.hooks``; the base implementations raise :class:`NotSupported`:
 
-=================  ===========================================  ======================================
-requirement        method                                       what it does
-=================  ===========================================  ======================================
-``grad``           :meth:`Adapter.vjp`, ``forward(grad=True)``  gradients; a forward with autograd on
-``inverse``        :meth:`Adapter.inverse`                      x = f⁻¹(z)
-``inverse_logdet`` :meth:`Adapter.inverse_with_logdet`          (x, log|det ∂x/∂z|) in one call
-``inverse_grad``   :meth:`Adapter.inverse_vjp`                  gradients through the inverse
-``train_eval``     :meth:`Adapter.set_training`                 training / evaluation mode
-``state``          :meth:`Adapter.save_state`, ``load_state``   a checkpoint round trip (bytes)
-``convert``        :meth:`Adapter.convert`                      the flow in another dtype (``.to``)
-``parameters``     :meth:`Adapter.parameters`, ``set_parameters``  read / edit parameters in place
-``fresh``          :meth:`Adapter.fresh`                        a flow not yet data-initialised
-``reseed``         :meth:`Adapter.reseed`                       reseed the implementation's RNG
-=================  ===========================================  ======================================
+==================  ===============================================  ======================================
+requirement         method                                           what it does
+==================  ===============================================  ======================================
+``grad``            :meth:`Adapter.vjp`, ``forward(grad=True)``      gradients; a forward with autograd on
+``inverse``         :meth:`Adapter.inverse`                          x = f⁻¹(z)
+``inverse_logdet``  :meth:`Adapter.inverse_with_logdet`              (x, log|det ∂x/∂z|) in one call
+``inverse_grad``    :meth:`Adapter.inverse_vjp`                      gradients through the inverse
+``train_eval``      :meth:`Adapter.set_training`                     training / evaluation mode
+``state``           :meth:`Adapter.save_state`, ``load_state``       a checkpoint round trip (bytes)
+``convert``         :meth:`Adapter.convert`                          the flow in another dtype (``.to``)
+``parameters``      :meth:`Adapter.parameters`, ``set_parameters``   read / edit parameters in place
+``fresh``           :meth:`Adapter.fresh`                            a flow not yet data-initialised
+``reseed``          :meth:`Adapter.reseed`                           reseed the implementation's RNG
+==================  ===============================================  ======================================
 
 Other optional hooks (``diag_jacobian``, ``logdet_estimate``, ``spectral_norm_estimate``, …) are
 reached through :meth:`Adapter.call_hook`. ``Capabilities.native_direction`` says which direction

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from hypothesis import assume, strategies as st
 
-from flowspec import reference
+from flowspec import reference, registry
 from flowspec.spec import FlowSpec
 
 from . import strategies
@@ -32,6 +32,11 @@ class PropertyFailure(AssertionError):
 
 class Inconclusive(Exception):
     """The check cannot decide (for example: no finite-variance guarantee for a statistical test)."""
+
+
+def declared(kind: str, key: str) -> Any:
+    """What a registered kind declares under ``extras[key]`` (None for a kind the registry lacks)."""
+    return registry.get(kind).extras.get(key) if kind in registry.names() else None
 
 
 @dataclass
@@ -92,7 +97,12 @@ class CheckContext:
         return error
 
     def tol(self, quantity: str, size: int, condition: float = 1.0) -> float:
-        return tolerance(quantity, self.dtype, size, condition)
+        """The table's row for ``quantity``, plus the row of the kind's solver error where the kind
+        declares one (``extras["solver_row"]``: every value it computes carries an ODE solve's
+        error, which local error control does not bound by a multiple of ε)."""
+        row = declared(self.kind, "solver_row")
+        own = 0.0 if row is None else tolerance(row, self.dtype, size, condition)
+        return tolerance(quantity, self.dtype, size, condition) + own
 
     def assert_close(self, actual: Any, expected: Any, quantity: str, size: int, what: str,
                      condition: float = 1.0) -> float:

@@ -13,7 +13,7 @@ from flowspec import registry
 
 from . import covering, profiles, strategies
 from .adapter import Adapter, NotSupported
-from .property import PROPERTIES, CheckContext, Inconclusive, Property, PropertyFailure
+from .property import PROPERTIES, CheckContext, Inconclusive, Property, PropertyFailure, declared
 from .seeding import seed_for
 
 STATUSES = ("passed", "failed", "inconclusive", "not_supported", "skipped")
@@ -62,6 +62,15 @@ def _worst(errors: list[tuple[float, float]]) -> tuple[float | None, float | Non
     return max(errors, key=ratio)
 
 
+def _examples(kind: str, profile: str) -> int:
+    """The profile's example count, or under a covering profile the smaller count a costly kind
+    declares (``extras["ci_examples"]``, at least as many as its largest axis has values, so every
+    run still covers every axis drawn once per example; ``tests/test_coverage.py`` checks it)."""
+    count = profiles.get(profile).max_examples
+    own = declared(kind, "ci_examples") if profiles.covering(profile) else None
+    return count if own is None else min(count, int(own))
+
+
 def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str, profile: str = "ci") -> Result:
     """Run ``prop`` for one kind, dtype and device under the hypothesis ``profile``."""
     caps = adapter.capabilities()
@@ -83,7 +92,7 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
     plan = covering.Plan(kind, (kind, prop.name, dtype, device), pinned=profiles.covering(profile))
     caught: list[BaseException] = []
 
-    @settings(profiles.get(profile))
+    @settings(profiles.get(profile), max_examples=_examples(kind, profile))
     @seed(seed_for("examples", kind, prop.name, dtype, device))
     @given(st.data())
     def body(data) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from flowspec import reference, registry
 from flowspec.spec import FlowSpec
 
-from .covering import axis, declare_axes, salt
+from .covering import axis, salt
 from .seeding import rng
 
 SpecStrategy = Callable[[], st.SearchStrategy]

@@ -94,6 +94,28 @@ TABLE: dict[str, Rule] = {
     "orthonormal": Rule(8.0, 1.0, why="‖QᵀQ − I‖_F of a D×M basis orthonormal to rounding, size D·(M + K): "
                         "M² Gram entries of D-term dot products (≤ D·M·ε in all), plus O(ε) per entry of Q from "
                         "each of K Householder reflections (K = 0 otherwise); measured ≤ 1.4·ε·D·(M + K)"),
+    "umnn": Rule(16.0, 0.5, why="a UMNN value against the exact integral, size N + 1 (the rule's nodes), relative "
+                 "to max(1, |∫g|): the rounding of an (N + 1)-term sum of positive terms (no cancellation; each "
+                 "w_k·g(t_k) a few ε, accumulated like a reduction, √(N + 1)); conformance.umnn adds it to the "
+                 "forward row and adds the N-node Clenshaw–Curtis rule's own error E_N = |Q_N − ∫g| at the drawn "
+                 "point, computed by the reference (for an analytic g, E_N ≤ 64M/(15(ρ² − 1)ρ^N) on the Bernstein "
+                 "ellipse E_ρ where |g| ≤ M: no fixed multiple of ε covers it; an exact N-node rule is off the "
+                 "integral by E_N plus rounding)"),
+    "cnf": Rule(32.0, 1.0, base="sqrt", why="the solve error of a cnf value (z, log|det|, inverse, gradients), "
+                "added to the quantity's own row for kind cnf: torchdiffeq's dopri5 at its default local "
+                "tolerance τ = rtol = atol = √ε/64 per step (error relative to atol + rtol·|y|, as the table's "
+                "max(1, |y|)); local error control is not global: over N steps the global error is ≤ "
+                "Σ local errors · e^{LT} ≤ N·τ·e^{LT}, N ≤ 32 and e^{LT} ≤ 4 on the strategies' fields "
+                "(D ≤ 3, one hidden layer ≤ 8, T ≤ 1, gentle weights) → 128τ, twice for the two solves a "
+                "comparison meets (forward and inverse, or the adjoint's backward solve, or two batches' step "
+                "sequences) → 256τ = 4√ε, times D for sums over D (trace, gradients); ×8 for central "
+                "differences at step h = ε^(1/5) of an adaptive solve, whose step sequence can change between "
+                "x ± h (a step rejected on one side): a jump of ~τ divided by h, τ/h = √ε·ε^(−1/5)/64 ≈ 21√ε "
+                "in float64, 0.9√ε in float32 (measured: 1.8 × the 4√ε·D value on one example of 16). "
+                "Measured ≤ 0.4 of the row elsewhere in float64; float32 errors (≤ 1e-5) are far below it"),
+    "cnf_reference": Rule(8192.0, 0.5, why="the cnf reference's DOP853 solves at rtol = atol = 1e-12 ≈ 4500ε: "
+                          "global error of z and of the integrated trace against solves at 1e-15, measured ≤ "
+                          "1.5e-13 on D ≤ 3 fields with T ≤ 1; the row (1.8e-12·√D) leaves a factor ≥ 10"),
 }
 
 

@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 # Modules that add a subcommand through add_parser(subparsers); each sets ``func`` on its parser.
-EXTENSIONS = ("flowspec.accelerated.bench",)
+EXTENSIONS = ("flowspec.accelerated.bench", "flowspec.accelerated.trainer", "flowspec.conformance.catalogue")
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -156,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader of a pipe stopped early (``flowspec kinds | head``): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_OK
 
 
 if __name__ == "__main__":

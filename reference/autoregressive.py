@@ -6,18 +6,28 @@ dimension, as a ``(k, D)`` array: block 0 is μ, block 1 is α (raw, unbounded).
 only on the entries earlier than d in the ``order`` (and on the context). Below, ``<d`` means
 "earlier in the order" and ``net`` is evaluated at the vector named in brackets.
 
-* ``maf`` (MAF eq. (3)-(5); forward = data → latent = the density direction, one network pass):
+* ``maf`` (MAF eq. (3)-(5); forward = data → latent = the density direction, one network pass)::
+
       z_d = (x_d − μ_d[x])·exp(−α_d[x]),          log|det ∂z/∂x| = −Σ_d α_d[x];
-  inverse (sampling) by D sequential passes in the order, position i building
+
+  inverse (sampling) by D sequential passes in the order, position i building::
+
       x_{o_i} = z_{o_i}·exp(α_{o_i}[x]) + μ_{o_i}[x]    from the entries x_{o_0}, …, x_{o_{i−1}} built so far.
+
 * ``iaf``: the inverse of ``maf`` with the same parameters. Its forward (data → latent) is maf's
-  inverse, D sequential passes, the network reading the latent being built:
+  inverse, D sequential passes, the network reading the latent being built::
+
       z_d = x_d·exp(α_d[z]) + μ_d[z],              log|det ∂z/∂x| = +Σ_d α_d[z];
-  its inverse (latent → data, the sampling direction) is maf's forward, one pass:
+
+  its inverse (latent → data, the sampling direction) is maf's forward, one pass::
+
       x_d = (z_d − μ_d[z])·exp(−α_d[z]).
+
   This is Kingma et al.'s IAF step y = m + σ⊙ε (their eq. (10); here ε = z the latent noise and
-  y = x the sample) in which the autoregressive network reads the noise, with the correspondence
+  y = x the sample) in which the autoregressive network reads the noise, with the correspondence::
+
       (μ, α) ↦ (m, log σ) = (−μ·e^{−α}, −α),
+
   so sampling is one pass and log|det ∂x/∂z| = Σ log σ = −Σ α. Direction and sign conventions:
   both kinds' ``forward`` maps data to latent and returns log|det ∂z/∂x| (README); ``maf`` is fast
   in that direction, ``iaf`` in the other, and ``iaf.forward(maf.forward(x)) = x`` with the log-dets

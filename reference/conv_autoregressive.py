@@ -4,34 +4,35 @@ Both kinds map data to latent in ONE network pass (the conditioner reads x and g
 transform parameters at once, as in MAF, Papamakarios et al. 2017 eq. 3-4) and invert by sequential
 passes, one per autoregressive step:
 
-``pixelcnn_autoregressive`` (event ``(C, H, W)``; van den Oord et al. 2016, "Pixel Recurrent Neural
-Networks", Sec. 3.4 masked convolutions, and "Conditional Image Generation with PixelCNN Decoders")
-    Order: raster over pixels (rows top to bottom, each row left to right), then channel within a
-    pixel: entry ``(c, r, s)`` has position ``(r·W + s)·C + c`` (as ``quar_conv``). The conditioner
-    is ``depth + 1`` masked convolutions (kernel ``kernel_size``, odd, zero padding) with the
-    activation between them; channels are split into ``C`` groups, channel ``u`` of a layer in group
-    ``u mod C`` (input: channel c is group c). Every kernel reads the rows above the centre and the
-    taps left of it in full; at the centre tap a unit of group ``g_out`` reads group ``g_in`` iff
-    ``g_in < g_out`` (mask type A, the first layer) or ``g_in ≤ g_out`` (type B, every later layer).
-    So the parameters of entry (c, r, s) depend on the earlier pixels and on channels < c of its own
-    pixel only. (``quar_conv``'s ``kernel_mask`` is type B in every layer, so it does not fit: the
-    builder is :func:`pixel_mask`.) The receptive field has PixelCNN's blind spot: d rows up it
-    reaches at most ``d·(kernel_size // 2)`` columns to the right, at any depth (pixel (r − 1,
-    s + 2) is never read with 3×3 kernels although the order allows it), so only "forbidden"
-    structure is declared, no "required" one. Hidden layers have ``hidden_channels · C`` channels (``hidden_channels`` is the
-    number of channels PER GROUP); the last layer has ``k · C``.
-    Inverse: ``H·W·C`` sequential network passes (one per entry, in the order above).
+``pixelcnn_autoregressive`` (event ``(C, H, W)``)
+    van den Oord et al. 2016, "Pixel Recurrent Neural Networks", Sec. 3.4 masked convolutions, and
+    "Conditional Image Generation with PixelCNN Decoders". Order: raster over pixels (rows top to
+    bottom, each row left to right), then channel within a pixel: entry ``(c, r, s)`` has position
+    ``(r·W + s)·C + c`` (as ``quar_conv``). The conditioner is ``depth + 1`` masked convolutions
+    (kernel ``kernel_size``, odd, zero padding) with the activation between them; channels are split
+    into ``C`` groups, channel ``u`` of a layer in group ``u mod C`` (input: channel c is group c).
+    Every kernel reads the rows above the centre and the taps left of it in full; at the centre tap
+    a unit of group ``g_out`` reads group ``g_in`` iff ``g_in < g_out`` (mask type A, the first
+    layer) or ``g_in ≤ g_out`` (type B, every later layer). So the parameters of entry (c, r, s)
+    depend on the earlier pixels and on channels < c of its own pixel only. (``quar_conv``'s
+    ``kernel_mask`` is type B in every layer, so it does not fit: the builder is
+    :func:`pixel_mask`.) The receptive field has PixelCNN's blind spot: d rows up it reaches at most
+    ``d·(kernel_size // 2)`` columns to the right, at any depth (pixel (r − 1, s + 2) is never read
+    with 3×3 kernels although the order allows it), so only "forbidden" structure is declared, no
+    "required" one. Hidden layers have ``hidden_channels · C`` channels (``hidden_channels`` is the
+    number of channels PER GROUP); the last layer has ``k · C``. Inverse: ``H·W·C`` sequential
+    network passes (one per entry, in the order above).
 
-``causal_autoregressive`` (event ``(C, T)``; WaveNet, van den Oord et al. 2016, Sec. 2.1 causal
-dilated convolutions)
-    The conditioner reads the input SHIFTED by one step, ``x̃[:, t] = x[:, t − 1]`` (``x̃[:, 0] = 0``:
-    pad left by one, drop the last), through ``depth + 1`` causal 1-D convolutions (kernel
-    ``kernel_size``, dilation ``2^i`` in layer ``i``, left zero padding ``(kernel_size − 1)·2^i``, so
-    output t reads inputs ≤ t) with the activation between them; hidden layers have
-    ``hidden_channels`` channels, the last ``k · C``. Hence the parameters at time t depend on
-    ``x_<t`` (every channel) only and all ``C`` channels of step t are transformed together:
-    ``∂z_{c,t}/∂x_{c',t} = 0`` for ``c' ≠ c``. Receptive field: ``1 + (kernel_size − 1)(2^{depth+1} − 1)``
-    steps of the shifted input. Inverse: ``T`` sequential network passes (each gives a whole step).
+``causal_autoregressive`` (event ``(C, T)``)
+    WaveNet, van den Oord et al. 2016, Sec. 2.1 causal dilated convolutions. The conditioner reads
+    the input SHIFTED by one step, ``x̃[:, t] = x[:, t − 1]`` (``x̃[:, 0] = 0``: pad left by one,
+    drop the last), through ``depth + 1`` causal 1-D convolutions (kernel ``kernel_size``, dilation
+    ``2^i`` in layer ``i``, left zero padding ``(kernel_size − 1)·2^i``, so output t reads inputs ≤
+    t) with the activation between them; hidden layers have ``hidden_channels`` channels, the last
+    ``k · C``. Hence the parameters at time t depend on ``x_<t`` (every channel) only and all ``C``
+    channels of step t are transformed together: ``∂z_{c,t}/∂x_{c',t} = 0`` for ``c' ≠ c``.
+    Receptive field: ``1 + (kernel_size − 1)(2^{depth+1} − 1)`` steps of the shifted input. Inverse:
+    ``T`` sequential network passes (each gives a whole step).
 
 Transforms (``transform``), per entry, from the network output ``h`` in blocks of ``C`` channels
 (output channel ``j·C + c`` is parameter j of input channel c):

@@ -3,7 +3,7 @@
 Discrete data ``k ∈ {0, …, n_bins − 1}^D`` are dequantised as ``x = (k + u)/n_bins`` (the existing
 units of :mod:`flowspec.accelerated.training`), with ``u ∈ (0, 1)^D`` drawn from a learned noise
 distribution ``q(u | k)`` instead of the uniform one. ``q`` is a conditional flow whose forward maps
-``u`` to ``ε`` (the normalizing direction, as every kind's):
+``u`` to ``ε`` (the normalizing direction, as every kind's)::
 
     y₀ = logit(u)                          (the ``logit`` kind with α = 0: (0, 1)^D onto the reals)
     y₁ = y₀ ⊙ exp(s(c)) + t(c)             (the context affine: s = scale_factor·tanh(s_raw),

@@ -603,7 +603,7 @@ def logdet_gradient(spec: FlowSpec, x: np.ndarray) -> tuple[dict[str, np.ndarray
 
 
 def logdet_estimates(spec: FlowSpec, x: np.ndarray, v: np.ndarray, n: Sequence[int], training: bool = True) -> np.ndarray:
-    """:func:`logdet_estimate` for a batch (x and v of shape (batch, *event), n of length batch)."""
+    """:func:`logdet_estimate` for a batch (x and v of shape ``(batch, *event)``, n of length batch)."""
     x = check_input(spec, x)
     return np.array([logdet_estimate(spec, x[i], v[i], int(n[i]), training) for i in range(x.shape[0])])
 

@@ -203,3 +203,38 @@ def test_without_the_source_tree_the_command_says_why(monkeypatch, tmp_path):
         bench.load_peers(tmp_path / "benchmarks" / "peers.py")
     monkeypatch.setattr(bench, "PEERS_SCRIPT", Path(tmp_path / "benchmarks" / "peers.py"))
     assert main(["bench", "peers"]) == 2
+
+
+# ----------------------------------------------------------------------------- the monotone transforms against zuko
+
+def _peers_zuko():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peers_zuko.py"
+    sys.path.insert(0, str(path.parent))
+    try:
+        import peers_zuko  # noqa: PLC0415  (benchmarks/ is not a package)
+    finally:
+        sys.path.remove(str(path.parent))
+    return peers_zuko
+
+
+@pytest.mark.parametrize("name", ["naf", "sos", "umnn"])
+def test_zuko_side_by_side_builds_both_sides_of_one_problem(name):
+    """Both contenders take the same (batch, D) data, give finite per-sample log-densities and
+    samples of the data's shape; the flowspec side is the kind named, three transforms deep. The data
+    are N(0, 0.5²): three stacked degree-9 SOS polynomials at torch's default initialisation grow like
+    |x|^{9³} and overflow float32 near |x| = 2 (zuko rescales and soft-clips between transforms)."""
+    module = _peers_zuko()
+    model = module.MODELS[name]
+    x = 0.5 * torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    ours = module.build_flowspec(model, 3)
+    kinds = [child.kind for child in ours.module.to_spec().numbered_children()]
+    assert kinds.count(name) == module.TRANSFORMS
+    try:
+        theirs = module.build_zuko(model, 3)
+    except peers.Unavailable as exc:
+        pytest.skip(str(exc))
+    for contender in (ours, theirs):
+        with torch.no_grad():
+            log_p, samples = contender.log_prob(x), contender.sample(4)
+        assert log_p.shape == (5,) and bool(torch.isfinite(log_p).all())
+        assert samples.shape == (4, 3)
