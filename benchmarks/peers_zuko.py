@@ -1,7 +1,8 @@
-"""flowspec's monotone autoregressive transforms (``naf``, ``sos``, ``umnn``) against zuko's
-``NAF``, ``SOSPF`` and ``UNAF`` at the nearest architecture, side by side.
+"""flowspec's monotone autoregressive transforms (``naf``, ``sos``, ``umnn``) and continuous-time
+flow (``cnf``) against zuko's ``NAF``, ``SOSPF``, ``UNAF`` and ``CNF`` at the nearest architecture,
+side by side.
 
-    python benchmarks/peers_zuko.py [--models naf sos umnn] [--rounds 10] [--min-time 0.05] [--dims 8 16] [--threads 1]
+    python benchmarks/peers_zuko.py [--models naf sos umnn cnf] [--rounds 10] [--min-time 0.05] [--dims 8 16] [--threads 1]
 
 Timing and statistics come from :mod:`peers` (imported from this directory):
 :func:`peers.interleaved` (each contender timed once per round, rotating order, after warm-up),
@@ -34,6 +35,11 @@ library (the parameter counts of both sides are printed):
   gradients by autograd through the quadrature, inverse by safeguarded Newton with slope g. zuko
   ``UNAF(signal=16)``: one integrand network per dimension (about 3× the parameters at D = 8),
   32-point Gauss–Legendre with the paper's memory-saving backward, inverse by bisection.
+* ``cnf`` — one continuous-time transform on both sides, dx/dt = v(x, t) with v an MLP
+  (· → 64 → 64 → D, tanh), dopri5 at rtol = 10⁻⁵, atol = 10⁻⁶, the exact trace (training too), on
+  t ∈ [0, 1]. flowspec ``cnf``: v reads [x, t], T = exp(log_T) learnable (here 1), adjoint
+  gradients (``odeint_adjoint`` of torchdiffeq). zuko ``CNF``: v reads [x, cos/sin of 3 time
+  frequencies], its own adaptive checkpointed adjoint. The orders (natural, reversed) do not apply.
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -63,6 +70,7 @@ class Model:
     zuko_class: str
     zuko_options: Callable[[], dict[str, Any]]
     data_scale: float = 1.0
+    autoregressive: bool = True
 
 
 MODELS = {
@@ -70,16 +78,24 @@ MODELS = {
     "sos": Model("sos", {"degree": 4, "squares": 3}, "SOSPF", lambda: {"degree": 4, "polynomials": 3}, 0.5),
     "umnn": Model("umnn", {"embedding": 16, "integrand_hidden": [64, 64], "nodes": 32}, "UNAF",
                   lambda: {"signal": 16, "network": {"hidden_features": [64, 64]}}),
+    "cnf": Model("cnf", {"activation": "tanh", "logdet": "exact", "adjoint": True, "rtol": 1e-5, "atol": 1e-6},
+                 "CNF", lambda: {"activation": nn.Tanh, "rtol": 1e-5, "atol": 1e-6, "exact": True},
+                 autoregressive=False),
 }
 
 
 def build_flowspec(model: Model, dim: int) -> peers.Contender:
-    """``sequential`` of the kind and ``reverse_permutation``, validation off."""
+    """``sequential`` of the kind and ``reverse_permutation`` (one ``cnf``), validation off."""
     from flowspec import reference
     from flowspec.accelerated import FlowDistribution, from_spec
     from flowspec.conformance.seeding import rng
     from flowspec.reference.sequential import sequential_spec
 
+    if not model.autoregressive:
+        spec = reference.init_spec(model.kind, {"shape": [dim], "hidden": list(HIDDEN), **model.config},
+                                   rng("peers", model.kind, dim))
+        spec.params["log_T"] = np.zeros(())
+        return _contender(from_spec(spec, dtype=torch.float32))
     config = {"dim": dim, "hidden": list(HIDDEN), "activation": "relu", **model.config}
     children: list[Any] = []
     for i in range(TRANSFORMS):
@@ -87,7 +103,13 @@ def build_flowspec(model: Model, dim: int) -> peers.Contender:
             children.append(reference.init_spec("reverse_permutation", {"shape": [dim]},
                                                 rng("peers", model.kind, dim, i)))
         children.append(reference.init_spec(model.kind, config, rng("peers", model.kind, dim, i)))
-    flow = from_spec(sequential_spec(children), dtype=torch.float32)
+    return _contender(from_spec(sequential_spec(children), dtype=torch.float32))
+
+
+def _contender(flow: Any) -> peers.Contender:
+    """flowspec's side from its flow: torch's default initialisation, validation off."""
+    from flowspec.accelerated import FlowDistribution
+
     peers.reset_linear_layers(flow)
     flow.validate_args = False
     dist = FlowDistribution(flow)
@@ -96,8 +118,9 @@ def build_flowspec(model: Model, dim: int) -> peers.Contender:
 
 def build_zuko(model: Model, dim: int) -> peers.Contender:
     zuko = peers.import_peer("zuko")
-    flow = getattr(zuko.flows, model.zuko_class)(dim, transforms=TRANSFORMS, hidden_features=list(HIDDEN),
-                                                 activation=nn.ReLU, **model.zuko_options())
+    layout = {"transforms": TRANSFORMS, "activation": nn.ReLU} if model.autoregressive else {}
+    flow = getattr(zuko.flows, model.zuko_class)(dim, hidden_features=list(HIDDEN),
+                                                 **{**layout, **model.zuko_options()})
     return peers.Contender("zuko", flow, lambda x: flow().log_prob(x), lambda n: flow().sample((n,)))
 
 
