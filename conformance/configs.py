@@ -14,9 +14,11 @@ default and what is invalid, so a new kind inherits them without declaring anyth
   implementation refuses a *parameter* under it (a constraint of the default that the reference's
   forward does not enforce, such as a residual weight's norm in another order);
 * ``invalid_config_rejected`` (black-box): for every key, a few values of the wrong sign, size, type
-  or option name; each one the reference's ``check_config`` rejects must make building the flow
-  raise an error whose message names the key (or the key it conflicts with, such as ``orders``
-  for a changed ``hidden``).
+  or option name (an integer key also gets a boolean, a string and an integral float), plus the
+  boundary values a kind declares in ``extras["invalid_configs"]`` (``{key: value}`` entries, such
+  as a node count one below its minimum); each one the reference's ``check_config`` rejects must
+  make building the flow raise an error whose message names the key (or the key it conflicts with,
+  such as ``orders`` for a changed ``hidden``).
 """
 from __future__ import annotations
 
@@ -84,12 +86,21 @@ def _refuses_params(exc: ConfigError, spec: FlowSpec) -> bool:
     return any(f"param {name!r}" in str(exc) for name in spec.flat_params())
 
 
+def _candidates(spec: FlowSpec) -> Iterator[tuple[str, Any]]:
+    """(key, value) pairs to try: the generic wrong values of every key, then the kind's declared ones."""
+    for key in sorted(spec.config):
+        for bad in _invalid_values(spec.config[key]):
+            yield key, bad
+    for entry in registry.get(spec.kind).extras.get("invalid_configs", ()):
+        yield from entry.items()
+
+
 def _invalid_values(value: Any) -> Iterator[Any]:
     """Values of the wrong sign, size, type or option name for a config entry like ``value``."""
     if isinstance(value, bool):
         yield "yes"
     elif isinstance(value, int):
-        yield from (-1, 0, 1.5)
+        yield from (-1, 0, 1.5, True, str(value), float(value))
     elif isinstance(value, float):
         yield from (-1.0, 0.0, 0.5, 1.0, 2.0, math.nan, math.inf, 1e9)
     elif isinstance(value, str):
@@ -105,21 +116,20 @@ def invalid_config_rejected(ctx: CheckContext) -> None:
     spec = ctx.draw_spec()
     kind = registry.get(spec.kind)
     checked = 0
-    for key in sorted(spec.config):
-        for bad in _invalid_values(spec.config[key]):
-            config = {**spec.config, key: bad}
-            try:
-                kind.validate_config(config)
-                continue  # the reference accepts it: nothing to hold the implementation to
-            except REFUSALS:
-                pass
-            checked += 1
-            try:
-                ctx.instantiate(FlowSpec(spec.kind, config, spec.params))
-            except Exception as exc:  # noqa: BLE001 - any error counts if it names the key
-                named = [k for k in spec.config if k in str(exc)]  # the conflict may be reported on a partner key
-                ctx.require(key in named or bool(named), f"config[{key!r}] = {bad!r} raised {type(exc).__name__} "
-                                                         f"without naming a config key: {exc}")
-                continue
-            raise PropertyFailure(f"config[{key!r}] = {bad!r}, which the reference rejects, built a flow without an error")
+    for key, bad in _candidates(spec):
+        config = {**spec.config, key: bad}
+        try:
+            kind.validate_config(config)
+            continue  # the reference accepts it: nothing to hold the implementation to
+        except REFUSALS:
+            pass
+        checked += 1
+        try:
+            ctx.instantiate(FlowSpec(spec.kind, config, spec.params))
+        except Exception as exc:  # noqa: BLE001 - any error counts if it names the key
+            named = [k for k in {*spec.config, key} if k in str(exc)]  # the conflict may be reported on a partner key
+            ctx.require(key in named or bool(named), f"config[{key!r}] = {bad!r} raised {type(exc).__name__} "
+                                                     f"without naming a config key: {exc}")
+            continue
+        raise PropertyFailure(f"config[{key!r}] = {bad!r}, which the reference rejects, built a flow without an error")
     ctx.record(0.0, 0.0)

@@ -31,10 +31,9 @@ Family properties (they attach to kinds declaring the extra ``sos_law``: ``(spec
   to the dtype) the implementation's x̂ = f⁻¹(z) has, entry by entry, the backward error
   |f(x̂)_d − z_d| ≤ tol·(|c_d| + |x̂_d|·Σ_m |q_m||x̂_d|^m + 1): the bound on the rounding of z_d's
   Horner evaluation and on the residual p·|δx| of a solve to a tolerance relative to |x| + 1 (a solve
-  stopped at an iteration cap is off by the bracket's width / 2ⁿ);
-* ``sos_bad_config_rejected``: degree −1, 1.5, True or "2" and squares 0 or 2.5 are refused with a
-  :class:`~flowspec.errors.ConfigError` naming the key.
+  stopped at an iteration cap is off by the bracket's width / 2ⁿ).
 
+Bad degrees and square counts are the generic ``invalid_config_rejected``'s wrong integers.
 The closed-form integral against quadrature of the integrand is a test of the reference
 (``tests/test_sos.py``), not a property: it involves no implementation.
 """
@@ -45,15 +44,14 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from flowspec import reference, registry
-from flowspec.errors import ConfigError
+from flowspec import reference
 from flowspec.reference.sos import (EPS_FLOOR, entry_laws, integrand_coefficients, parse_config, sos_log_integrand,
                                     sos_value)
 from flowspec.spec import FlowSpec
 
 from . import autoregressive
 from .covering import axis, declare_axes, salt
-from .property import CheckContext, PropertyFailure, prop
+from .property import CheckContext, prop
 from .seeding import rng
 from .strategies import SEEDS, event_size, from_configs, register_specs, scaled_last_layer
 from .structure import declares
@@ -69,8 +67,6 @@ ROOT_RAW_EPS = -30.0  # raw ε of the root regime: ε² = EPS_FLOOR + e^{−30}
 LARGE = (0.3, 1.0, 3.0)
 INVERSE_MAGNITUDES = (10.0, 100.0, 1000.0)
 GRID = np.array([-10.0, -3.0, -1.0, -0.3, -0.1, -1e-2, -1e-3, 0.0, 1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0])
-BAD_CONFIGS = ({"degree": -1}, {"degree": 1.5}, {"degree": True}, {"degree": "2"}, {"squares": 0},
-               {"squares": 2.5})
 
 
 def _last_layer(spec: FlowSpec) -> str:
@@ -201,23 +197,3 @@ def sos_inverse_large(ctx: CheckContext) -> None:
     tol = ctx.tol("inverse", event_size(spec))
     ctx.record(worst, tol)
     ctx.require(worst <= tol, f"backward error of f⁻¹ {worst:.3e} > tolerance {tol:.1e} at large magnitudes")
-
-
-@prop("sos_bad_config_rejected", requires=["black_box"], kinds=declares(LAW))
-def sos_bad_config_rejected(ctx: CheckContext) -> None:
-    """A negative, non-integer, boolean or string degree and fewer than one or a non-integer number of
-    squares: the reference refuses each, and so must the implementation, naming the key."""
-    spec = ctx.draw_spec()
-    kind = registry.get(spec.kind)
-    for bad in BAD_CONFIGS:
-        config = {**spec.config, **bad}
-        key = next(iter(bad))
-        for what, build in (("the reference", lambda: kind.validate_config(config)),
-                            ("the implementation", lambda: ctx.instantiate(FlowSpec(spec.kind, config, spec.params)))):
-            try:
-                build()
-            except ConfigError as exc:
-                ctx.require(key in str(exc), f"{what} refused {bad} without naming {key!r}: {exc}")
-                continue
-            raise PropertyFailure(f"{what} accepted config {bad}")
-    ctx.record(0.0, 0.0)

@@ -259,6 +259,7 @@ def _extras() -> dict[str, Any]:
     """maf's ``order`` and ``forbidden``; ``required`` only the diagonal (None), as NSF-AR's."""
     extras = dict(autoregressive.made_extras(lambda config: parse_umnn(config)[0]))
     extras["required"] = lambda config: None
+    extras["invalid_configs"] = ({"nodes": MIN_NODES - 1},)  # the generic wrong values miss the minimum
     return extras
 
 

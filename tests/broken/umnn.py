@@ -9,6 +9,7 @@ import torch
 
 from flowspec.accelerated.base import softplus
 from flowspec.accelerated.umnn import UMNN
+from flowspec.reference.umnn import MIN_NODES
 
 from . import BrokenCase
 
@@ -62,6 +63,19 @@ class LinearIntegrand(UMNN):
         return self.integrand(torch.cat([t[..., None], h], dim=-1))[..., 0] + self.floor
 
 
+class PositiveNodesOnly(UMNN):
+    """The node count checked for positivity only, the rule's minimum forgotten: N = 7 builds a flow
+    (and integrates coarsely) instead of being refused. White-box only: the accelerated adapter's
+    black-box mode builds a flow from a config through the reference's ``init_spec``, which refuses
+    N = 7 itself before this class is reached (a foreign adapter's own constructor has no such
+    guard, so there the same property sees the fault)."""
+
+    def __init__(self, *args, nodes: int = 128, **kw):
+        positive = isinstance(nodes, int) and not isinstance(nodes, bool) and nodes >= 1
+        super().__init__(*args, nodes=max(nodes, MIN_NODES) if positive else nodes, **kw)
+        self.nodes = self._config["nodes"] = nodes
+
+
 CASES = [
     BrokenCase("umnn quadrature with N/4 nodes while reporting N", "umnn", QuarterNodes,
                white_box=("umnn_value_within_quadrature_error", "umnn_matches_rule", "umnn_error_estimate")),
@@ -75,4 +89,6 @@ CASES = [
                black_box=("logdet_matches_fd_jacobian",)),
     BrokenCase("umnn integrand without softplus (g = a + floor)", "umnn", LinearIntegrand,
                white_box=("forward_matches_reference", "umnn_monotone"), black_box=("umnn_monotone",)),
+    BrokenCase("umnn node count below the rule's minimum accepted", "umnn", PositiveNodesOnly,
+               white_box=("invalid_config_rejected",)),
 ]
