@@ -86,9 +86,17 @@ class UMNN(Flow):
         return dict(self._config)
 
     # ------------------------------------------------------------------ the integrand and the rule
+    def _a(self, t: Tensor, h: Tensor) -> Tensor:
+        """The integrand network's output a(t; h); ``t``: S, ``h``: S + (E,) or broadcastable to it
+        (one embedding for all the nodes of an entry). The first layer W·[t, h] + b is applied as
+        t·W_t + (W_h·h + b), so the embedding's share is computed once per entry, not once per node."""
+        first = self.integrand[0]
+        projected = torch.nn.functional.linear(h, first.weight[:, 1:], first.bias)
+        return self.integrand[1:](t[..., None] * first.weight[:, 0] + projected)[..., 0]
+
     def _g(self, t: Tensor, h: Tensor) -> Tensor:
-        """g(t; h) = softplus(a) + floor, a the integrand network on (t, h); ``t``: S, ``h``: S + (E,)."""
-        return softplus(self.integrand(torch.cat([t[..., None], h], dim=-1))[..., 0]) + self.floor
+        """g(t; h) = softplus(a(t; h)) + floor (:meth:`_a`)."""
+        return softplus(self._a(t, h)) + self.floor
 
     def _table(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """(points, weights) of the n-node rule in ``like``'s dtype and device, computed in float64
@@ -105,8 +113,7 @@ class UMNN(Flow):
     def _integral(self, x: Tensor, h: Tensor, points: Tensor, weights: Tensor) -> Tensor:
         """(x/2)·Σ_k w_k·g(x·(s_k + 1)/2; h) per entry: ``x`` (B, D), ``h`` (B, D, E)."""
         t = x[..., None] * (points + 1.0) / 2.0
-        g = self._g(t, h[..., None, :].expand(t.shape + h.shape[-1:]))
-        return x / 2.0 * (g @ weights)
+        return x / 2.0 * (self._g(t, h[..., None, :]) @ weights)
 
     def _split(self, out: Tensor) -> tuple[Tensor, Tensor]:
         """β (B, D) and h (B, D, E) from the MADE's (B, 1 + E, D)."""

@@ -60,7 +60,7 @@ class LinearIntegrand(UMNN):
     floor, negative wherever a < −floor, so z_d decreases there and log g is NaN."""
 
     def _g(self, t, h):
-        return self.integrand(torch.cat([t[..., None], h], dim=-1))[..., 0] + self.floor
+        return self._a(t, h) + self.floor
 
 
 class PositiveNodesOnly(UMNN):
