@@ -119,6 +119,35 @@ def autoregressive_inverse(
     return x, h
 
 
+class MadeLaw(Flow):
+    """A flow whose per-dimension elementwise law takes its parameters θ_d(x_<d) from a :class:`MADE`
+    (NSF-AR, NAF, SOS, UMNN): the config handling, the shapes and the network, written once.
+    ``made_class`` lets a subclass swap the network (the broken MADEs of the tests do)."""
+
+    made_class: ClassVar[type[MADE]] = MADE
+
+    def _init_made(self, config: dict[str, Any], outputs_per_dim: Callable[[], int]) -> None:
+        """Keep ``config`` (order and hidden widths as lists), validate it against the reference's
+        kind (unknown keys and bad values raise :class:`~flowspec.errors.ConfigError`), then build
+        ``net`` with ``outputs_per_dim()`` outputs per dimension."""
+        order, hidden = config["order"], config["hidden"]
+        self._config = {**config, "order": order if isinstance(order, str) else [int(v) for v in order],
+                        "hidden": list(hidden) if isinstance(hidden, (list, tuple)) else hidden}
+        registry.get(self.kind).validate_config(self._config)
+        self._dim, context_dim = int(config["dim"]), int(config["context_dim"])
+        self._order = [int(v) for v in made.parse_order(order, self._dim)]
+        self.context_shape = (context_dim,) if context_dim else None
+        self.net = self.made_class(self._dim, hidden, outputs_per_dim(), config["activation"], self._order,
+                                   context_dim)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (self._dim,)
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+
 class _MaskedAffine(Flow):
     """The affine MADE step of both kinds: :meth:`_one_pass` (the network reads its input) and
     :meth:`_sequential` (the network reads the output being built)."""

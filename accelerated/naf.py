@@ -18,16 +18,14 @@ from typing import Any, Sequence
 
 from torch import Tensor, log_softmax
 
-from flowspec import made, registry
-
-from .autoregressive import MADE, autoregressive_inverse
-from .base import Flow, register, softplus
+from .autoregressive import MadeLaw, autoregressive_inverse
+from .base import register, softplus
 from .logistic_mixture import mixture_logit_and_log_derivative, mixture_logit_inverse
 from .solve import DEFAULT_MAX_ITER
 
 
 @register("naf")
-class NAF(Flow):
+class NAF(MadeLaw):
     """NAF-DSF: z_d = the L-layer DSF stack of x_d with parameters θ_d(x_<d) from a MADE; log|det| =
     Σ_d Σ_l log ℓ′_l; inverse by D passes."""
 
@@ -36,26 +34,12 @@ class NAF(Flow):
                  validate_args: bool | None = None, **unknown: Any):
         """``unknown`` config entries are rejected with a :class:`~flowspec.errors.ConfigError`."""
         super().__init__(validate_args=validate_args)
-        self._config: dict[str, Any] = {
-            "dim": dim, "order": order if isinstance(order, str) else [int(v) for v in order],
-            "hidden": list(hidden) if isinstance(hidden, (list, tuple)) else hidden,
-            "activation": activation, "context_dim": context_dim, "components": components, "layers": layers,
-            "min_slope": min_slope, **unknown,
-        }
-        registry.get(self.kind).validate_config(self._config)
-        self._dim, self.components, self.layers, self.min_slope = dim, int(components), int(layers), float(min_slope)
-        self._order = [int(v) for v in made.parse_order(order, dim)]
-        self.context_shape = (context_dim,) if context_dim else None
-        self.net = MADE(dim, hidden, 3 * self.components * self.layers, activation, self._order, context_dim)
+        self._init_made({"dim": dim, "order": order, "hidden": hidden, "activation": activation,
+                         "context_dim": context_dim, "components": components, "layers": layers,
+                         "min_slope": min_slope, **unknown}, lambda: 3 * int(components) * int(layers))
+        self.components, self.layers, self.min_slope = int(components), int(layers), float(min_slope)
         self.max_iter = DEFAULT_MAX_ITER
         self.rtol: float | None = None
-
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return (self._dim,)
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
 
     def _layer_parameters(self, h: Tensor, layer: int) -> tuple[Tensor, Tensor, Tensor]:
         """(log π, μ, s) of ``layer`` from ``h`` (…, 3KL), block [raw a | b | logits] of K each."""

@@ -15,16 +15,15 @@ Its pieces are small methods (:meth:`~SOSPolynomial._coefficients`, :meth:`~SOSP
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from flowspec import made, registry
 from flowspec.reference.sos import EPS_FLOOR
 
-from .autoregressive import MADE, autoregressive_inverse
-from .base import Flow, register, softplus
+from .autoregressive import MadeLaw, autoregressive_inverse
+from .base import register, softplus
 from .solve import DEFAULT_MAX_ITER, default_rtol, expand_bracket, implicit_step, safeguarded_newton
 
 
@@ -37,29 +36,19 @@ def horner(coefficients: Tensor, x: Tensor) -> Tensor:
 
 
 @register("sos")
-class SOSPolynomial(Flow):
+class SOSPolynomial(MadeLaw):
     """SOS flow: z_d = c + ∫₀^{x_d} Σ_k s_k(t)² + ε² dt with θ_d(x_<d) from a :class:`MADE`;
     forward one pass, inverse D passes of a bracketed 1-D solve."""
-
-    made_class: ClassVar[type[MADE]] = MADE
 
     def __init__(self, dim: int, order: Any = "natural", hidden: Sequence[int] = (8,), activation: str = "tanh",
                  context_dim: int = 0, degree: int = 2, squares: int = 2, *, validate_args: bool | None = None,
                  **unknown: Any):
         """``unknown`` config entries are rejected with a :class:`~flowspec.errors.ConfigError`."""
         super().__init__(validate_args=validate_args)
-        self._config: dict[str, Any] = {
-            "dim": dim, "order": order if isinstance(order, str) else [int(v) for v in order],
-            "hidden": list(hidden) if isinstance(hidden, (list, tuple)) else hidden,
-            "activation": activation, "context_dim": context_dim, "degree": degree, "squares": squares, **unknown,
-        }
-        registry.get(self.kind).validate_config(self._config)
+        self._init_made({"dim": dim, "order": order, "hidden": hidden, "activation": activation,
+                         "context_dim": context_dim, "degree": degree, "squares": squares, **unknown},
+                        lambda: 2 + int(squares) * (int(degree) + 1))
         self.degree, self.squares = int(degree), int(squares)
-        self._dim = dim
-        self._order = [int(v) for v in made.parse_order(order, dim)]
-        self.context_shape = (context_dim,) if context_dim else None
-        self.net = self.made_class(dim, hidden, 2 + self.squares * (self.degree + 1), activation, self._order,
-                                   context_dim)
         n = self.degree + 1
         sums = torch.arange(n)[:, None] + torch.arange(n)[None, :]
         anti = (sums.reshape(-1, 1) == torch.arange(2 * n - 1)[None, :]).to(torch.get_default_dtype())
@@ -67,12 +56,6 @@ class SOSPolynomial(Flow):
         self.max_iter = DEFAULT_MAX_ITER
         self.rtol: float | None = None
 
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return (self._dim,)
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
 
     # ------------------------------------------------------------------ the 1-D law
     def _split(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:

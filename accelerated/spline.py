@@ -14,14 +14,14 @@ Kinds: :class:`Spline` (``spline``, elementwise with its own ``raw``), :class:`S
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from flowspec import made, registry
+from flowspec import registry
 
-from .autoregressive import MADE, autoregressive_inverse
+from .autoregressive import MadeLaw, autoregressive_inverse
 from .base import Flow, batch_sum, register, softplus
 from .coupling import _Coupling
 
@@ -217,12 +217,10 @@ class SplineCoupling(RationalQuadratic, _Coupling):
 
 
 @register("spline_autoregressive")
-class SplineAutoregressive(RationalQuadratic, Flow):
+class SplineAutoregressive(RationalQuadratic, MadeLaw):
     """NSF-AR (Durkan et al. Sec. 3.2): z_d = spline(x_d; θ_d(x_<d)) with a :class:`MADE` giving
     k = 3K − 1 parameters per dimension; forward in one pass, inverse in D sequential passes
     (:func:`autoregressive_inverse`); log|det| = Σ_d log dz_d/dx_d."""
-
-    made_class: ClassVar[type[MADE]] = MADE
 
     def __init__(self, dim: int, order: Any = "natural", hidden: Sequence[int] = (8,), activation: str = "tanh",
                  context_dim: int = 0, bins: int = 8, bound: float = 3.0, min_width: float = 1e-3,
@@ -230,25 +228,11 @@ class SplineAutoregressive(RationalQuadratic, Flow):
                  **unknown: Any):
         """``unknown`` config entries are rejected with a :class:`~flowspec.errors.ConfigError`."""
         super().__init__(validate_args=validate_args)
-        self._config: dict[str, Any] = {
-            "dim": dim, "order": order if isinstance(order, str) else [int(v) for v in order],
-            "hidden": list(hidden) if isinstance(hidden, (list, tuple)) else hidden,
-            "activation": activation, "context_dim": context_dim, "bins": bins, "bound": bound,
-            "min_width": min_width, "min_height": min_height, "min_derivative": min_derivative, **unknown,
-        }
-        registry.get(self.kind).validate_config(self._config)
+        self._init_made({"dim": dim, "order": order, "hidden": hidden, "activation": activation,
+                         "context_dim": context_dim, "bins": bins, "bound": bound, "min_width": min_width,
+                         "min_height": min_height, "min_derivative": min_derivative, **unknown},
+                        lambda: 3 * bins - 1)
         self._set_spline(bound, min_width, min_height, min_derivative)
-        self._dim = dim
-        self._order = [int(v) for v in made.parse_order(order, dim)]
-        self.context_shape = (context_dim,) if context_dim else None
-        self.net = self.made_class(dim, hidden, 3 * bins - 1, activation, self._order, context_dim)
-
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return (self._dim,)
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         z, log_d = self._spline(x, self.net(x, context).transpose(1, 2))

@@ -29,10 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowspec import made, registry
-
-from .autoregressive import MADE, autoregressive_inverse
-from .base import Flow, register, softplus
+from .autoregressive import MadeLaw, autoregressive_inverse
+from .base import register, softplus
 from .solve import default_rtol, expand_bracket, implicit_step, safeguarded_newton
 
 
@@ -49,7 +47,7 @@ def clenshaw_curtis(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register("umnn")
-class UMNN(Flow):
+class UMNN(MadeLaw):
     """UMNN with a MADE conditioner and Clenshaw–Curtis quadrature (module docstring)."""
 
     conformance_hooks = frozenset({"quadrature_error"})
@@ -59,18 +57,11 @@ class UMNN(Flow):
                  floor: float = 1e-3, *, validate_args: bool | None = None, **unknown: Any):
         """``unknown`` config entries are rejected with a :class:`~flowspec.errors.ConfigError`."""
         super().__init__(validate_args=validate_args)
-        listed = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-        self._config: dict[str, Any] = {
-            "dim": dim, "order": order if isinstance(order, str) else [int(v) for v in order],
-            "hidden": listed(hidden), "activation": activation, "context_dim": context_dim,
-            "embedding": embedding, "integrand_hidden": listed(integrand_hidden), "nodes": nodes, "floor": floor,
-            **unknown,
-        }
-        registry.get(self.kind).validate_config(self._config)
-        self._dim, self.nodes, self.floor = dim, int(nodes), float(floor)
-        self._order = [int(v) for v in made.parse_order(order, dim)]
-        self.context_shape = (context_dim,) if context_dim else None
-        self.net = MADE(dim, hidden, 1 + embedding, activation, self._order, context_dim)
+        listed = list(integrand_hidden) if isinstance(integrand_hidden, (list, tuple)) else integrand_hidden
+        self._init_made({"dim": dim, "order": order, "hidden": hidden, "activation": activation,
+                         "context_dim": context_dim, "embedding": embedding, "integrand_hidden": listed,
+                         "nodes": nodes, "floor": floor, **unknown}, lambda: 1 + int(embedding))
+        self.nodes, self.floor = int(nodes), float(floor)
         widths = [1 + embedding, *integrand_hidden, 1]
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
@@ -78,12 +69,6 @@ class UMNN(Flow):
         self.integrand = nn.Sequential(*layers)
         self._tables: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return (self._dim,)
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
 
     # ------------------------------------------------------------------ the integrand and the rule
     def _a(self, t: Tensor, h: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ from . import stats
 from .covering import axis, declare_axes
 from .property import CheckContext, PropertyFailure, prop
 from .seeding import rng
-from .strategies import SEEDS, config, from_configs, register_specs, sizes
+from .strategies import SEEDS, config, from_configs, probes, register_specs, sizes
 
 KINDS = ("cnf",)
 BOOLS = (False, True)
@@ -73,11 +73,7 @@ declare_axes("cnf", dim=range(1, 4), activation=R.ACTIVATIONS, adjoint=BOOLS, pr
 
 
 def _probes(ctx: CheckContext, spec: FlowSpec, count: int) -> np.ndarray:
-    gen = rng("cnf probes", ctx.draw(SEEDS, "probes"))
-    shape = (count,) + R.vector_shape(spec.config)
-    if R.setting(spec.config, "probe") == "rademacher":
-        return gen.choice([-1.0, 1.0], size=shape)
-    return gen.standard_normal(shape)
+    return probes(ctx, R.vector_shape(spec.config), R.setting(spec.config, "probe"), count, "cnf probes")
 
 
 def _with(spec: FlowSpec, **changes: Any) -> FlowSpec:

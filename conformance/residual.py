@@ -182,12 +182,8 @@ def _with(spec: FlowSpec, **changes: Any) -> FlowSpec:
 
 
 def _probes(ctx: CheckContext, spec: FlowSpec, count: int) -> np.ndarray:
-    """``count`` probes of the spec's kind (±1 entries for Rademacher, N(0, 1) for Gaussian)."""
-    gen = rng("probes", ctx.draw(SEEDS, "probes"))
-    shape = (count,) + R.shape_of(spec.config)
-    if R.setting(spec.config, "probe") == "rademacher":
-        return gen.choice([-1.0, 1.0], size=shape)
-    return gen.standard_normal(shape)
+    """``count`` probes of the spec's kind (:func:`.strategies.probes`)."""
+    return strategies.probes(ctx, R.shape_of(spec.config), R.setting(spec.config, "probe"), count)
 
 
 def _draw_range(spec: FlowSpec) -> np.ndarray:

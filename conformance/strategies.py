@@ -132,3 +132,11 @@ def scaled_last_layer(spec: FlowSpec, factor: float | np.ndarray) -> FlowSpec:
 
 def event_size(spec: FlowSpec) -> int:
     return int(np.prod(registry.get(spec.kind).event_shape(spec.config)))
+
+
+def probes(ctx: Any, shape: tuple[int, ...], law: str, count: int, tag: str = "probes") -> np.ndarray:
+    """``count`` Hutchinson probes of ``shape`` (±1 entries for ``law`` "rademacher", N(0, 1) for
+    "gaussian"), from a seed the example draws (``ctx.draw``), so a failure replays with its probes."""
+    gen = rng(tag, ctx.draw(SEEDS, "probes"))
+    size = (count,) + tuple(shape)
+    return gen.choice([-1.0, 1.0], size=size) if law == "rademacher" else gen.standard_normal(size)

@@ -185,9 +185,23 @@ def init_params(config: Mapping[str, Any], rng: np.random.Generator) -> dict[str
     return init_made_params(parse_made(config).layer_sizes(OUTPUTS_PER_DIM), rng)
 
 
+def _context_of(cfg: MadeConfig) -> tuple[int, ...] | None:
+    return (cfg.context_dim,) if cfg.context_dim else None
+
+
 def context_shape(config: Mapping[str, Any]) -> tuple[int, ...] | None:
-    dim = parse_made(config).context_dim
-    return (dim,) if dim else None
+    return _context_of(parse_made(config))
+
+
+def made_law_fields(parse: Callable[[Mapping[str, Any]], tuple[MadeConfig, Any]]) -> dict[str, Callable[..., Any]]:
+    """The :class:`~flowspec.registry.Kind` fields every MADE-conditioned elementwise law shares
+    (NSF-AR, NAF, SOS, UMNN), from its parser returning (MADE keys, law keys): ``event_shape`` (D,),
+    ``context_shape`` and ``check_config``."""
+    return {
+        "event_shape": lambda config: (parse(config)[0].dim,),
+        "context_shape": lambda config: _context_of(parse(config)[0]),
+        "check_config": parse,
+    }
 
 
 def made_extras(parse: Callable[[Mapping[str, Any]], MadeConfig]) -> dict[str, Callable[..., Any]]:

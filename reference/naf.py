@@ -155,16 +155,10 @@ def naf_init(config: Mapping[str, Any], rng: np.random.Generator) -> dict[str, n
     return autoregressive.init_made_params(cfg.layer_sizes(dsf.outputs_per_dim), rng)
 
 
-def _context_shape(config: Mapping[str, Any]) -> tuple[int, ...] | None:
-    dim = parse_naf(config)[0].context_dim
-    return (dim,) if dim else None
-
-
 register(Kind(
     name="naf", family=FAMILY,
     forward=naf_forward, inverse=naf_inverse,
-    event_shape=lambda config: (parse_naf(config)[0].dim,),
-    init_params=naf_init, context_shape=_context_shape, check_config=parse_naf,
+    init_params=naf_init, **autoregressive.made_law_fields(parse_naf),
     extras=autoregressive.made_extras(lambda config: parse_naf(config)[0]),
     summary="NAF (DSF): z_d = L stacked σ⁻¹(Σ_j w_j σ(a_j x + b_j)) with a MADE conditioner (3KL outputs per dimension)",
 ))

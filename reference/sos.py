@@ -225,15 +225,9 @@ def init_params(config: Mapping[str, Any], rng: np.random.Generator) -> dict[str
     return autoregressive.init_made_params(cfg.layer_sizes(sos.outputs_per_dim), rng)
 
 
-def _context_shape(config: Mapping[str, Any]) -> tuple[int, ...] | None:
-    dim = parse_config(config)[0].context_dim
-    return (dim,) if dim else None
-
-
 register(Kind(
     name="sos", family=FAMILY, forward=forward, inverse=inverse,
-    event_shape=lambda config: (parse_config(config)[0].dim,),
-    init_params=init_params, context_shape=_context_shape, check_config=parse_config,
+    init_params=init_params, **autoregressive.made_law_fields(parse_config),
     extras={**autoregressive.made_extras(lambda config: parse_config(config)[0]), "sos_law": entry_laws},
     summary="SOS: z_d = c + ∫₀^{x_d} Σ_k (Σ_l a_kl t^l)² + ε² dt, MADE conditioner (2 + K(r + 1) outputs per dimension)",
 ))

@@ -301,10 +301,7 @@ def _autoregressive_extras() -> dict[str, Any]:
 register(Kind(
     name="spline_autoregressive", family=FAMILY,
     forward=autoregressive_forward, inverse=autoregressive_inverse,
-    event_shape=lambda config: (parse_autoregressive(config)[0].dim,),
-    init_params=_autoregressive_init,
-    context_shape=lambda config: (lambda c: (c.context_dim,) if c.context_dim else None)(parse_autoregressive(config)[0]),
-    check_config=parse_autoregressive,
+    init_params=_autoregressive_init, **autoregressive.made_law_fields(parse_autoregressive),
     extras=_autoregressive_extras(),
     summary="NSF-AR: z_d = spline(x_d; θ_d(x_<d)) with a MADE conditioner (3K − 1 outputs per dimension)",
 ))

@@ -265,10 +265,7 @@ def _extras() -> dict[str, Any]:
 
 register(Kind(
     name="umnn", family=FAMILY, forward=forward, inverse=inverse,
-    event_shape=lambda config: (parse_umnn(config)[0].dim,),
-    init_params=init_params,
-    context_shape=lambda config: (lambda c: (c.context_dim,) if c.context_dim else None)(parse_umnn(config)[0]),
-    check_config=parse_umnn, extras=_extras(),
+    init_params=init_params, extras=_extras(), **autoregressive.made_law_fields(parse_umnn),
     summary="UMNN: z_d = β_d + ∫₀^{x_d} g(t; h_d) dt, g = softplus(net) + floor, MADE conditioner; "
             "log|det| = Σ log g exact; Clenshaw–Curtis with N nodes in the accelerated layer",
 ))
