@@ -20,12 +20,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .adapter import Adapter, Capabilities, NotSupported
+from .adapter import Adapter, Capabilities, Declined, ForeignKind, NotSupported
 from .property import PROPERTIES, CheckContext, Inconclusive, Property, PropertyFailure, prop
 from .runner import Result, run, run_one
 from .torch_adapter import TorchFlowAdapter
 
-_NOT_FAMILIES = {"cli", "pytest_plugin"}
+_NOT_FAMILIES = {"cli", "pytest_plugin", "adapters"}
 
 
 def load_families() -> None:
@@ -50,6 +50,6 @@ def resolve(target: str) -> Adapter:
 
 
 __all__ = [
-    "Adapter", "Capabilities", "CheckContext", "Inconclusive", "NotSupported", "PROPERTIES", "Property",
+    "Adapter", "Capabilities", "CheckContext", "Declined", "ForeignKind", "Inconclusive", "NotSupported", "PROPERTIES", "Property",
     "PropertyFailure", "Result", "TorchFlowAdapter", "load_families", "prop", "resolve", "run", "run_one",
 ]

@@ -33,15 +33,36 @@ reached through :meth:`Adapter.call_hook`. ``Capabilities.native_direction`` say
 the implementation computes natively (``"forward"``, ``"inverse"`` or ``"both"``); the other one is
 then derived by it (a solve, or the negated log-det at the solved point). A property that needs a
 capability the adapter lacks is reported *not supported*, never passed.
+
+Declarations beyond the operations (all optional; see the README's "Checking another library"):
+
+* **foreign kinds** (``Capabilities.foreign``): kinds the registry does not have, each a
+  :class:`ForeignKind` with its event shape, the configs to draw and the structure it claims. The
+  suite names one ``"<adapter.name>:<name>"`` (``"zuko:maf"``), so it can never shadow a registered
+  kind (registered names have no colon), and applies every property that needs no reference;
+* **per-kind capabilities** (``Capabilities.without``): requirements one kind lacks (a planar flow
+  with no inverse), so that only that kind's properties needing them are not supported;
+* **declined configs**: :class:`Declined`, raised while building a flow for a config the
+  implementation cannot honour, is counted per property with its reason (never a silent narrowing);
+* **validation as a claim** (``Capabilities.validates_input``): an implementation that does not
+  claim to validate its input gets ``not_claimed`` for the bad-input properties, with the inputs that
+  passed through silently listed as information;
+* **conventions** (``Capabilities.conventions``): named, documented conventions that differ from
+  flowspec's (:mod:`.conventions`); a property that holds only under a declared one reports
+  ``convention``.
+
+Raw inputs (``raw=True``, the bad-input checks) arrive in the dtype under test, except in the
+dtype-mismatch cases; the adapter passes them on unchanged.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from flowspec.registry import REAL, Domain
 from flowspec.spec import FlowSpec
 
 Array = np.ndarray
@@ -51,6 +72,55 @@ DIRECTIONS = ("forward", "inverse", "both")
 
 class NotSupported(Exception):
     """Raised by an adapter (or the suite) when a capability is missing."""
+
+
+class Declined(NotSupported):
+    """Raised by an adapter for one config the implementation cannot honour (an option it lacks),
+    with the reason; the suite counts the declined examples per property and reports the reasons."""
+
+
+Config = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ForeignKind:
+    """A kind an adapter declares outside the registry (module docstring), named
+    ``"<adapter.name>:<name>"`` by the suite.
+
+    ``event_shape(config)`` is one sample's shape; ``configs`` are the configs the suite draws (one
+    axis, each exercised under the ci profile); ``context_shape(config)`` one context sample's shape
+    (None: unconditional). The structure it claims, each checked by the structural properties:
+    ``autoregressive_order(config)`` — z at flat position ``order[k]`` depends on the inputs at
+    ``order[j]``, j ≤ k, only (``dense``: and on every one of them); ``volume_preserving`` —
+    log|det| = 0 everywhere; ``residual_lipschitz`` — f(x) = x + g(x) with Lip(g) ≤ this value < 1
+    in the 2-norm; ``stochastic_logdet`` — the training-mode log-det is a random estimate (the
+    deterministic comparisons then run in evaluation mode only). ``large`` are the round-trip
+    magnitudes (smaller for a map that saturates)."""
+
+    name: str
+    event_shape: Callable[[Config], tuple[int, ...]]
+    configs: tuple[Config, ...] = ({},)
+    summary: str = ""
+    context_shape: Callable[[Config], tuple[int, ...] | None] | None = None
+    domain: Domain = REAL
+    codomain: Domain = REAL
+    autoregressive_order: Callable[[Config], Sequence[int]] | None = None
+    dense: bool = False
+    volume_preserving: bool = False
+    residual_lipschitz: float | None = None
+    stochastic_logdet: bool = False
+    large: tuple[float, ...] = (1.0, 10.0, 100.0)
+
+    def __post_init__(self) -> None:
+        if not self.name or ":" in self.name:
+            raise ValueError(f"a foreign kind's name must be non-empty without ':', got {self.name!r}")
+        if not self.configs:
+            raise ValueError(f"foreign kind {self.name!r} declares no configs")
+        if self.residual_lipschitz is not None and not 0.0 < self.residual_lipschitz < 1.0:
+            raise ValueError(f"foreign kind {self.name!r}: residual_lipschitz must lie in (0, 1), "
+                             f"got {self.residual_lipschitz!r}")
+        if self.dense and self.autoregressive_order is None:
+            raise ValueError(f"foreign kind {self.name!r}: dense needs an autoregressive_order")
 
 
 @dataclass(frozen=True)
@@ -65,19 +135,39 @@ class Capabilities:
     hooks: frozenset[str] = frozenset({"inverse", "grad"})
     input_errors: tuple[type[BaseException], ...] = field(default=(Exception,))
     native_direction: str = "forward"
+    foreign: tuple[ForeignKind, ...] = ()
+    without: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    validates_input: bool = True
+    conventions: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.native_direction not in DIRECTIONS:
             raise ValueError(f"native_direction must be one of {DIRECTIONS}, got {self.native_direction!r}")
+        names = [k.name for k in self.foreign]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"foreign kinds declared twice: {twice}")
 
     def has(self, requirement: str) -> bool:
         return requirement in self.modes or requirement in self.hooks
+
+    def for_kind(self, kind: str) -> "Capabilities":
+        """These capabilities as one kind sees them: without the requirements ``without[kind]``
+        names and, for a foreign kind (no reference to load into), without white-box mode."""
+        from dataclasses import replace
+
+        lacks = frozenset(self.without.get(kind, ()))
+        modes = self.modes - lacks - ({"white_box"} if ":" in kind else set())
+        return replace(self, modes=frozenset(modes), hooks=frozenset(self.hooks - lacks))
 
 
 class Adapter(ABC):
     """Base class of adapters (see the module docstring). Arrays in and out are float64 NumPy."""
 
     name: str = "adapter"
+    implementation: str | None = None
+    """The top-level module of the library the adapter checks, named in the report's header (None:
+    the adapter's own module, as for an adapter that lives in the library it checks)."""
 
     @abstractmethod
     def capabilities(self) -> Capabilities:

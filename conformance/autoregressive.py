@@ -41,6 +41,7 @@ from flowspec import made
 from flowspec.reference.autoregressive import ACTIVATIONS, OUTPUTS_PER_DIM, parse_made
 from flowspec.spec import FlowSpec
 
+from .adapter import NotSupported
 from .covering import axis, declare_axes, salt
 from .generic import fd_jacobians
 from .property import CheckContext, prop
@@ -153,6 +154,19 @@ declare_axes(KINDS, dim=range(1, 7), order=ORDER_CHOICES, hidden=HIDDEN, activat
              context_dim=CONTEXT_DIMS, regime=REGIMES)
 
 
+def _require_shared_parameters(ctx: CheckContext, spec: FlowSpec, *flows: Any) -> None:
+    """The duality holds between flows with the same parameters only: white-box both are loaded from
+    the spec; black-box the adapter must take every parameter of the spec by its canonical name
+    (:meth:`~.property.CheckContext.instantiate` then sets them). Otherwise the two flows are
+    unrelated and the property is not supported (never failed)."""
+    if ctx.white_box:
+        return
+    wanted = set(spec.flat_params())
+    if not ctx.has("parameters") or any(not wanted <= set(ctx.adapter.parameters(f)) for f in flows):
+        raise NotSupported(f"{ctx.adapter.name} cannot give the {spec.kind} and {DUAL[spec.kind]} flows the spec's "
+                           "parameters by their canonical names: the duality needs shared parameters")
+
+
 @prop("maf_iaf_duality", requires=["black_box"], kinds=KINDS)
 def maf_iaf_duality(ctx: CheckContext) -> None:
     """``iaf`` is ``maf``'s inverse with the same parameters: for flows of both kinds built from one
@@ -164,6 +178,7 @@ def maf_iaf_duality(ctx: CheckContext) -> None:
     x, c = ctx.draw_input(spec), ctx.draw_context(spec)
     size = event_size(spec)
     first, second = ctx.instantiate(spec), ctx.instantiate(dual)
+    _require_shared_parameters(ctx, spec, first, second)
     z, logdet = ctx.adapter.forward(first, x, c)
     kappa = ctx.condition(spec, x, c, fd_jacobians(ctx, first, spec, x, c))
     back, back_logdet = ctx.adapter.forward(second, z, c)

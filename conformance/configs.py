@@ -27,10 +27,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.errors import ConfigError
 from flowspec.spec import FlowSpec
 
+from . import namespace
 from .property import CheckContext, PropertyFailure, prop
 from .state import draw_deterministic, stochastic_logdet
 from .strategies import event_size
@@ -44,7 +45,7 @@ def _reference_map(spec: FlowSpec, x: np.ndarray, c: np.ndarray | None) -> tuple
     its canonical layout for that config differs from the spec's parameters (a structural key such
     as a hidden width, which the reference's forward reads off the parameters)."""
     try:
-        registry.get(spec.kind).validate_config(spec.config)
+        namespace.kind(spec.kind).validate_config(spec.config)
         layout = reference.init_spec(spec.kind, spec.config, np.random.default_rng(0)).flat_params()
     except REFUSALS:
         return None
@@ -91,7 +92,7 @@ def _candidates(spec: FlowSpec) -> Iterator[tuple[str, Any]]:
     for key in sorted(spec.config):
         for bad in _invalid_values(spec.config[key]):
             yield key, bad
-    for entry in registry.get(spec.kind).extras.get("invalid_configs", ()):
+    for entry in namespace.kind(spec.kind).extras.get("invalid_configs", ()):
         yield from entry.items()
 
 
@@ -109,12 +110,13 @@ def _invalid_values(value: Any) -> Iterator[Any]:
         yield from ([], [0] * len(value), [-1] * len(value), [0.5] * len(value))
 
 
-@prop("invalid_config_rejected", requires=["black_box"])
+@prop("invalid_config_rejected", requires=["black_box"], kinds=lambda kind: not namespace.is_foreign(kind),
+      claim="validation")
 def invalid_config_rejected(ctx: CheckContext) -> None:
     """A config value the reference rejects is rejected by the implementation with an error naming
     the key (module docstring)."""
     spec = ctx.draw_spec()
-    kind = registry.get(spec.kind)
+    kind = namespace.kind(spec.kind)
     checked = 0
     for key, bad in _candidates(spec):
         config = {**spec.config, key: bad}

@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 from hypothesis import assume, strategies as st
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.reference import dequantizer as R
 from flowspec.reference.coupling import ACTIVATIONS, MASKS
 from flowspec.reference.sequential import sequential_spec
 from flowspec.spec import FlowSpec
 
-from . import stats
+from . import namespace, stats
 from .covering import axis, declare_axes, salt
 from .property import CheckContext, PropertyFailure, prop
 from .seeding import rng
@@ -119,7 +119,7 @@ declare_axes(KIND, couplings=COUPLING_COUNTS, layout=LAYOUTS, conditioner=IMAGE_
 # ----------------------------------------------------------------------------- problems
 
 def _bound_kinds(kind: str) -> bool:
-    return "variational_bound" in registry.get(kind).extras
+    return "variational_bound" in namespace.kind(kind).extras
 
 
 N_BINS = (2, 5, 256)
@@ -133,7 +133,7 @@ declare_axes(KIND, n_bins=N_BINS + STAT_N_BINS, model_alpha=MODEL_ALPHAS, noise_
 
 def _discrete(ctx: CheckContext, spec: FlowSpec, n_bins: int, batch: int) -> np.ndarray:
     """A batch of data k in [0, n_bins) with the lowest and the highest cell in its first entries."""
-    shape = (batch,) + tuple(registry.get(spec.kind).event_shape(spec.config))
+    shape = (batch,) + tuple(namespace.kind(spec.kind).event_shape(spec.config))
     k = rng("discrete data", salt(), ctx.draw(SEEDS, "data")).integers(0, n_bins, shape)
     k.reshape(batch, -1)[:2, 0] = (0, n_bins - 1)[:batch]
     return k
@@ -168,7 +168,7 @@ def variational_bound_matches_reference(ctx: CheckContext) -> None:
     n_bins = ctx.draw(axis("n_bins", N_BINS), "n_bins")
     k = _discrete(ctx, spec, n_bins, 3)
     eps, model = _noise(ctx, k), _model(ctx, list(k.shape[1:]))
-    x_ref, _, log_q_ref = registry.get(spec.kind).extras["variational_bound"](spec, model, k, eps, n_bins)
+    x_ref, _, log_q_ref = namespace.kind(spec.kind).extras["variational_bound"](spec, model, k, eps, n_bins)
     context = R.features(k, n_bins)
     kappa = ctx.condition(spec, reference.inverse(spec, eps, context), context)
     x, log_p, log_q = _bound(ctx, ctx.load(spec), ctx.load(model), k, n_bins, eps)

@@ -38,11 +38,11 @@ from typing import Any, Callable
 import numpy as np
 from hypothesis import assume
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.registry import REAL, Domain
 from flowspec.spec import FlowSpec
 
-from . import finite_diff, strategies
+from . import finite_diff, namespace, strategies
 from .property import CheckContext, PropertyFailure, prop
 from .seeding import rng, seed_for
 from .state import draw_deterministic, training_mode
@@ -140,7 +140,7 @@ def estimates_norms(spec: FlowSpec) -> bool:
     ``extras["estimated_layer_norms"]``, as the QuAR kinds do), in ``spec`` or a child: the map is then
     computed to the iteration's tolerance, and the ``fd_grad_iterative`` row applies."""
     children = [c for c in spec.params.values() if isinstance(c, FlowSpec)]
-    return "estimated_layer_norms" in registry.get(spec.kind).extras or any(map(estimates_norms, children))
+    return "estimated_layer_norms" in namespace.kind(spec.kind).extras or any(map(estimates_norms, children))
 
 
 def _weights(ctx: CheckContext, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +161,7 @@ def input_grad_matches_fd(ctx: CheckContext) -> None:
     z, _ = ctx.adapter.forward(flow, x, c)
     w, u = _weights(ctx, z)
     _, g_x = ctx.adapter.vjp(flow, x, w, u, c)
-    domain, size = registry.get(spec.kind).domain, event_size(spec)
+    domain, size = namespace.kind(spec.kind).domain, event_size(spec)
     combined = np.concatenate([w.reshape(len(x), -1), u[:, None]], axis=1)
 
     def gradient(jacobians: np.ndarray) -> np.ndarray:
@@ -185,7 +185,7 @@ def param_grad_matches_fd(ctx: CheckContext) -> None:
     z, _ = ctx.adapter.forward(flow, x, c)
     w, u = _weights(ctx, z)
     kappa = ctx.condition(spec, x, c, fd_jacobians_of(ctx, lambda p, cc: ctx.adapter.forward(flow, p, cc)[0], x, c,
-                                                       registry.get(spec.kind).domain))
+                                                       namespace.kind(spec.kind).domain))
     grads, _ = ctx.adapter.vjp(flow, x, w, u, c)
 
     def loss() -> float:
@@ -230,7 +230,7 @@ def inverse_grad_matches_fd(ctx: CheckContext) -> None:
     training_mode(ctx, flow)
     w = ctx.draw(strategies.weights(ctx.adapter.inverse(flow, z, c).shape), "x_weight")
     g_params, g_z = ctx.adapter.inverse_vjp(flow, z, w, c)
-    codomain = registry.get(spec.kind).codomain_of(spec.config)
+    codomain = namespace.kind(spec.kind).codomain_of(spec.config)
     jacobians = fd_jacobians_of(ctx, lambda p, cc: ctx.adapter.inverse(flow, p, cc), z, c, codomain)
     kappa = ctx.condition(spec, z, c, jacobians)
     expected = np.einsum("bo,boi->bi", w.reshape(len(w), -1), jacobians).reshape(z.shape)

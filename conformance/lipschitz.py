@@ -71,12 +71,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.reference import residual as R
 from flowspec.reference.lipschitz import activation, constraint_norm, jacobian_norm
 from flowspec.spec import FlowSpec
 
-from . import finite_diff
+from . import finite_diff, namespace
 from .covering import axis, declare_axes
 from .property import CheckContext, PropertyFailure, prop
 from .seeding import rng
@@ -402,7 +402,7 @@ def _set_mode(ctx: CheckContext, flow: Any, training: bool | None) -> str:
 def _check_jacobian(ctx: CheckContext, spec: FlowSpec, flow: Any, x: np.ndarray, tol: float) -> None:
     size = event_size(spec)
     jac_f = finite_diff.jacobian(lambda p: ctx.adapter.forward(flow, p)[0], x, ctx.dtype,
-                                 registry.get(spec.kind).domain)
+                                 namespace.kind(spec.kind).domain)
     bound = R.lipschitz_bound(spec) * (1.0 + tol) ** len(R.weight_constraints(spec))
     slack = ctx.tol("fd_jacobian", size) * size
     for jac in jac_f:

@@ -48,11 +48,11 @@ import autograd.numpy as anp
 import numpy as np
 from hypothesis import assume, strategies as st
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.reference.logistic_mixture import mixture_logit, mixture_logit_and_log_derivative
 from flowspec.spec import FlowSpec
 
-from . import coupling, covering
+from . import coupling, covering, namespace
 from .covering import axis, declare_axes
 from .property import CheckContext, prop
 from .strategies import MAGNITUDES, event_size, from_configs, register_specs
@@ -127,14 +127,14 @@ EXACT_COMPONENTS = {"x": 0.0, "mu": 0.0, "log_scale": 0.0}  # μ and s from bias
 
 def _mixtures(spec: FlowSpec, x: np.ndarray, c: np.ndarray | None) -> list[Any]:
     """The registry extra ``logit_mixture`` of each sample of the batch ``x``."""
-    extra = registry.get(spec.kind).extras[MIXTURE]
+    extra = namespace.kind(spec.kind).extras[MIXTURE]
     return [extra(spec, x[i], None if c is None else c[i]) for i in range(len(x))]
 
 
 def _fixed(spec: FlowSpec, mu: np.ndarray, log_scale_fraction: np.ndarray) -> FlowSpec:
     """The registry extra ``logit_mixture_fixed``: every entry's components at ``mu`` and log-scales
     ``log_scale_fraction`` × the kind's bound."""
-    return registry.get(spec.kind).extras["logit_mixture_fixed"](spec, mu, log_scale_fraction)
+    return namespace.kind(spec.kind).extras["logit_mixture_fixed"](spec, mu, log_scale_fraction)
 
 
 def _components(spec: FlowSpec, x: np.ndarray, c: np.ndarray | None) -> int:

@@ -28,11 +28,12 @@ from typing import Any, Callable
 import numpy as np
 from hypothesis import strategies as st
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.reference.multiscale import multiscale_spec, split_terms, without_priors
 from flowspec.reference.sequential import sequential_spec
 from flowspec.spec import FlowSpec
 
+from . import namespace
 from .covering import axis, declare_axes, salt
 from .property import CheckContext, prop
 from .seeding import rng
@@ -124,7 +125,7 @@ PRIOR_SPECS: dict[str, Callable[[], st.SearchStrategy]] = {
 
 
 def _has_split_prior(kind: str) -> bool:
-    return "split_prior" in registry.get(kind).extras
+    return "split_prior" in namespace.kind(kind).extras
 
 
 @prop("split_prior_matches_reference", requires=["white_box"], kinds=_has_split_prior)
@@ -138,7 +139,7 @@ def split_prior_matches_reference(ctx: CheckContext) -> None:
     log σ computed from the kept half h."""
     spec = ctx.draw(PRIOR_SPECS[ctx.kind](), "spec")
     x = ctx.draw_input(spec)
-    view = registry.get(spec.kind).extras["split_prior"](spec)
+    view = namespace.kind(spec.kind).extras["split_prior"](spec)
     z, logdet = ctx.adapter.forward(ctx.load(spec), x)
     z_plain, logdet_plain = ctx.adapter.forward(ctx.load(without_priors(view)), x)
     splits = [split_terms(view, sample) for sample in x]

@@ -13,10 +13,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from hypothesis import assume, strategies as st
 
-from flowspec import reference, registry
+from flowspec import reference
+from flowspec.errors import ConfigError
 from flowspec.spec import FlowSpec
 
-from . import strategies
+from . import namespace, strategies
 from .adapter import Adapter, NotSupported
 from .seeding import seed_for
 from .tolerances import MAX_CONDITION, condition_number, relative_error, tolerance
@@ -35,8 +36,17 @@ class Inconclusive(Exception):
 
 
 def declared(kind: str, key: str) -> Any:
-    """What a registered kind declares under ``extras[key]`` (None for a kind the registry lacks)."""
-    return registry.get(kind).extras.get(key) if kind in registry.names() else None
+    """What a kind declares under ``extras[key]`` (None for a name the suite does not know)."""
+    try:
+        return namespace.kind(kind).extras.get(key)
+    except ConfigError:
+        return None
+
+
+def deterministic_training(kind: str) -> bool:
+    """Whether the kind's training-mode log-det is not declared stochastic (properties that compare
+    training-mode values apply only then)."""
+    return not declared(kind, "stochastic_logdet")
 
 
 @dataclass
@@ -50,6 +60,29 @@ class CheckContext:
     data: Any
     errors: list[tuple[float, float]] = field(default_factory=list)
     drawn: list[str] = field(default_factory=list)
+    conventions: set[str] = field(default_factory=set)
+
+    # ------------------------------------------------------------------ declarations
+    @property
+    def white_box(self) -> bool:
+        """Whether the adapter loads specs for this kind (never for a foreign kind)."""
+        return "white_box" in self.adapter.capabilities().modes
+
+    def has(self, requirement: str) -> bool:
+        """Whether the adapter meets ``requirement`` for this kind."""
+        return self.adapter.capabilities().has(requirement)
+
+    def convention(self, name: str) -> bool:
+        """Whether the adapter declares the named convention (:mod:`.conventions`) for this kind; a
+        property that then checks by the convention's rule is reported ``convention`` if it holds."""
+        from .conventions import CONVENTIONS
+
+        if name not in CONVENTIONS:
+            raise KeyError(f"unknown convention {name!r}")
+        follows = name in self.adapter.capabilities().conventions.get(self.kind, ())
+        if follows:
+            self.conventions.add(name)
+        return follows
 
     # ------------------------------------------------------------------ drawing
     def draw(self, strategy: st.SearchStrategy, label: str | None = None) -> Any:
@@ -82,13 +115,21 @@ class CheckContext:
         set to the spec's (canonical names, as a user's in-place edit sets them), so that the
         strategies' parameter regimes (large log-scales, wᵀû near −1, ...) reach black-box checks too."""
         caps = self.adapter.capabilities()
-        if "white_box" in caps.modes:
+        if self.white_box:
             return self.load(spec)
         flow = self.adapter.instantiate(spec.kind, spec.config, seed_for(spec.to_json()), self.dtype, self.device)
         if caps.has("parameters"):
             drawn = spec.flat_params()
             self.adapter.set_parameters(flow, {name: np.array(drawn[name]) for name in self.adapter.parameters(flow)
                                                if name in drawn})
+        return self.deterministic(flow)
+
+    def deterministic(self, flow: Any) -> Any:
+        """``flow``, put in evaluation mode where the kind declares a stochastic training-mode
+        log-det (``extras["stochastic_logdet"]``, a foreign kind's declaration): the deterministic
+        comparisons then see the log-det itself."""
+        if namespace.kind(self.kind).extras.get("stochastic_logdet") and self.has("train_eval"):
+            self.adapter.set_training(flow, False)
         return flow
 
     # ------------------------------------------------------------------ comparing
@@ -166,6 +207,7 @@ class Property:
     requires: frozenset[str]
     applies: Callable[[str], bool]
     description: str
+    claim: str | None = None
 
     def missing(self, adapter: Adapter) -> list[str]:
         caps = adapter.capabilities()
@@ -180,8 +222,12 @@ def prop(
     *,
     requires: Iterable[str] = (),
     kinds: Iterable[str] | Callable[[str], bool] | None = None,
+    claim: str | None = None,
 ) -> Callable[[Check], Check]:
-    """Decorator registering a property; ``kinds`` is a list of kind names, a predicate, or None (all)."""
+    """Decorator registering a property; ``kinds`` is a list of kind names, a predicate, or None (all).
+    ``claim`` names what an implementation must claim for a failure to count: ``"validation"``
+    (``Capabilities.validates_input``) for the bad-input properties; an implementation that does not
+    claim it gets ``not_claimed``, with the failure's message as information."""
     if kinds is None:
         applies: Callable[[str], bool] = lambda kind: True  # noqa: E731
     elif callable(kinds):
@@ -193,7 +239,7 @@ def prop(
     def wrap(fn: Check) -> Check:
         if name in PROPERTIES:
             raise ValueError(f"property {name!r} is registered twice")
-        PROPERTIES[name] = Property(name, fn, frozenset(requires), applies, (fn.__doc__ or "").strip())
+        PROPERTIES[name] = Property(name, fn, frozenset(requires), applies, (fn.__doc__ or "").strip(), claim)
         return fn
     return wrap
 

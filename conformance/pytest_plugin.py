@@ -52,7 +52,7 @@ def selection(config: pytest.Config, adapter) -> list[tuple]:
                                 f"(available: {', '.join(sorted(available))})")
     kinds, properties = _names(config, "--flowspec-kinds"), _names(config, "--flowspec-properties")
     try:
-        pairs = applicable(kinds, properties)
+        pairs = applicable(kinds, properties, adapter)
     except SelectionError as exc:
         raise pytest.UsageError(f"flowspec selection: {exc}") from None
     if not pairs:

@@ -10,7 +10,8 @@ from typing import Any, Iterable
 from .covering import DECLARED, Coverage
 from .runner import STATUSES, Result
 
-SYMBOL = {"passed": "ok", "failed": "FAIL", "inconclusive": "inconcl", "not_supported": "n/s", "skipped": "skip"}
+SYMBOL = {"passed": "ok", "failed": "FAIL", "convention": "conv", "not_claimed": "n/c", "inconclusive": "inconcl",
+          "not_supported": "n/s", "skipped": "skip"}
 
 
 def _cell(result: Result) -> str:
@@ -51,13 +52,39 @@ def summary(results: Iterable[Result]) -> str:
     return ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
 
 
-def failures(results: Iterable[Result]) -> str:
-    """The messages of failed and inconclusive results."""
+def failures(results: Iterable[Result], statuses: tuple[str, ...] = ("failed", "inconclusive")) -> str:
+    """The messages of the results with one of ``statuses`` (failed and inconclusive ones first)."""
     lines = []
+    for status in statuses:
+        for r in results:
+            if r.status == status:
+                lines.append(f"[{r.status}] {r.kind} / {r.property} / {r.dtype} / {r.device}:\n    "
+                             + r.message.replace("\n", "\n    "))
+    return "\n".join(lines)
+
+
+def findings(results: Iterable[Result]) -> str:
+    """What a reader needs first: failures, inconclusive results, then (as information) the results
+    that hold only by a declared convention and the bad-input checks of an implementation that does
+    not claim to validate."""
+    return failures(list(results), ("failed", "inconclusive", "convention", "not_claimed"))
+
+
+def not_supported_summary(results: Iterable[Result]) -> str:
+    """The not-supported results counted by reason (one line each, most frequent first), and the
+    examples adapters declined, per property with their reasons."""
+    results = list(results)
+    reasons = Counter(r.message for r in results if r.status == "not_supported")
+    lines = [f"not supported: {sum(reasons.values())} results"] if reasons else []
+    lines += [f"  {n:>4} × {why}" for why, n in reasons.most_common()]
+    declined: dict[str, Counter] = {}
     for r in results:
-        if r.status in ("failed", "inconclusive"):
-            lines.append(f"[{r.status}] {r.kind} / {r.property} / {r.dtype} / {r.device}:\n    "
-                         + r.message.replace("\n", "\n    "))
+        for why, n in r.declined.items():
+            declined.setdefault(r.property, Counter())[why] += n
+    if declined:
+        lines.append("declined examples (the adapter cannot honour these configs):")
+        lines += [f"  {prop}: " + "; ".join(f"{why} ({n}×)" for why, n in counts.most_common())
+                  for prop, counts in declined.items()]
     return "\n".join(lines)
 
 
@@ -71,9 +98,14 @@ def coverage(results: Iterable[Result]) -> dict[str, Coverage]:
 
 def missing_coverage(results: Iterable[Result]) -> dict[str, dict[str, list[str]]]:
     """Per kind and axis, the values offered or declared (:func:`~.covering.declare_axes`) that no
-    run drew; an axis declared but never drawn lists all its values."""
+    run drew; an axis declared but never drawn lists all its values. Kinds the adapter checked
+    nothing of (every result not supported or skipped) have no gaps to report."""
+    results = list(results)
+    checked = {r.kind for r in results if r.status not in ("not_supported", "skipped")}
     out = {}
     for kind, cov in coverage(results).items():
+        if kind not in checked:
+            continue
         declared = DECLARED.get(kind, {})
         for name, values in declared.items():
             cov._offer(name, values)
@@ -96,13 +128,22 @@ def coverage_summary(results: Iterable[Result]) -> str:
                           for kind, axes_ in gaps.items() for name, v in axes_.items())
 
 
-SCHEMA_VERSION = 2
-"""Version of the JSON report's layout: 2 added ``schema_version`` and the ``header``."""
+SCHEMA_VERSION = 3
+"""Version of the JSON report's layout: 2 added ``schema_version`` and the ``header``; 3 added the
+statuses ``convention`` and ``not_claimed`` and each record's ``declined`` (reason → examples) and
+``conventions`` (the declared conventions a ``convention`` result holds by)."""
 
 
 def _version(module: str) -> str | None:
     try:
         return str(importlib.import_module(module).__version__)
+    except AttributeError:  # a module without __version__ (nflows): its distribution's version
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(module)
+        except PackageNotFoundError:
+            return None
     except Exception:  # noqa: BLE001 - an absent or version-less module is recorded as None
         return None
 
@@ -117,7 +158,7 @@ def header(adapter: Any, profile: str, devices: Iterable[str]) -> dict[str, Any]
         flowspec_version = version("flowspec")
     except PackageNotFoundError:
         flowspec_version = None
-    impl_module = type(adapter).__module__.split(".")[0]
+    impl_module = adapter.implementation or type(adapter).__module__.split(".")[0]
     return {
         "seed": base_seed(), "profile": profile, "devices": list(devices), "adapter": adapter.name,
         "implementation": {"module": impl_module, "version": _version(impl_module)},

@@ -44,14 +44,14 @@ from typing import Any
 import numpy as np
 from hypothesis import assume, strategies as st
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.errors import ConvergenceError
 from flowspec.reference import residual as R
 from flowspec.reference.lipschitz import ACTIVATIONS
 from flowspec.reference.norms import spectral_norm
 from flowspec.spec import FlowSpec
 
-from . import finite_diff, stats, strategies
+from . import finite_diff, namespace, stats, strategies
 from .covering import axis, declare_axes
 from .property import CheckContext, Inconclusive, PropertyFailure, prop
 from .seeding import rng
@@ -507,7 +507,7 @@ def check_unbiased(ctx: CheckContext, specs: list[FlowSpec], points: np.ndarray,
         for point in points:
             x = point.reshape((1,) + R.shape_of(spec.config))
             jac_f = finite_diff.jacobian(lambda p: ctx.adapter.forward(jac_flow, p)[0], x, fd_dtype,
-                                         registry.get(spec.kind).domain)[0]
+                                         namespace.kind(spec.kind).domain)[0]
             plan = _plan(ctx, spec, flow, x, jac_f - np.eye(size), training, fd_dtype)
             if isinstance(plan, str):
                 why = plan
@@ -823,7 +823,7 @@ def _build(ctx: CheckContext, spec: FlowSpec) -> Any:
     return ctx.adapter.instantiate(spec.kind, spec.config, 0, ctx.dtype, ctx.device)
 
 
-@prop("noncontractive_config_rejected", requires=["black_box"], kinds=KINDS)
+@prop("noncontractive_config_rejected", requires=["black_box"], kinds=KINDS, claim="validation")
 def noncontractive_config_rejected(ctx: CheckContext) -> None:
     """A coefficient ≥ 1 (g not contractive, f not invertible) is refused with an error naming coeff."""
     spec = ctx.draw_spec()

@@ -7,16 +7,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 from hypothesis import given, seed, settings, strategies as st
-from hypothesis.errors import Flaky, UnsatisfiedAssumption
+from hypothesis.errors import Flaky, Unsatisfiable, UnsatisfiedAssumption
 
-from flowspec import registry
-
-from . import covering, profiles, strategies
-from .adapter import Adapter, NotSupported
+from . import covering, namespace, profiles, strategies
+from .adapter import Adapter, Capabilities, Declined, NotSupported
+from .conventions import check_declared
 from .property import PROPERTIES, CheckContext, Inconclusive, Property, PropertyFailure, declared
-from .seeding import seed_for
+from .seeding import global_generators, seed_for
+from .view import KindView
 
-STATUSES = ("passed", "failed", "inconclusive", "not_supported", "skipped")
+STATUSES = ("passed", "failed", "convention", "not_claimed", "inconclusive", "not_supported", "skipped")
+"""Verdicts: ``convention`` — holds by a convention the adapter declares (:mod:`.conventions`), not
+by flowspec's rule; ``not_claimed`` — a bad-input property failed for an implementation that does not
+claim to validate input (its message lists what passed through, as information)."""
 
 
 class SelectionError(ValueError):
@@ -41,6 +44,8 @@ class Result:
     message: str = ""
     seconds: float = 0.0
     examples: int = 0
+    declined: dict[str, int] = field(default_factory=dict)
+    conventions: list[str] = field(default_factory=list)
     coverage: covering.Coverage = field(default_factory=covering.Coverage, repr=False)
 
     def to_json(self) -> dict:
@@ -72,7 +77,10 @@ def _examples(kind: str, profile: str) -> int:
 
 
 def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str, profile: str = "ci") -> Result:
-    """Run ``prop`` for one kind, dtype and device under the hypothesis ``profile``."""
+    """Run ``prop`` for one kind, dtype and device under the hypothesis ``profile``; the adapter is
+    seen through its :class:`~.view.KindView` for ``kind``, and the global generators of numpy and
+    Python's ``random`` are seeded for the run (an implementation drawing from them repeats)."""
+    adapter = KindView(adapter, kind)
     caps = adapter.capabilities()
     result = Result(kind, prop.name, dtype, device, "passed")
     why_not = (
@@ -91,6 +99,7 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
     inconclusive: list[str] = []
     plan = covering.Plan(kind, (kind, prop.name, dtype, device), pinned=profiles.covering(profile))
     caught: list[BaseException] = []
+    conventions: set[str] = set()
 
     @settings(profiles.get(profile), max_examples=_examples(kind, profile))
     @seed(seed_for("examples", kind, prop.name, dtype, device))
@@ -102,9 +111,11 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
             # first draw keeps hypothesis' replay of it consistent; the failure is re-raised below.
             raise _RunFailed()
         result.examples += 1
-        ctx = CheckContext(adapter, kind, dtype, device, data, errors)
+        ctx = CheckContext(adapter, kind, dtype, device, data, errors, conventions=conventions)
         try:
             prop.check(ctx)
+        except Declined as exc:
+            result.declined[str(exc)] = result.declined.get(str(exc), 0) + 1
         except Inconclusive as exc:
             inconclusive.append(str(exc))
         except UnsatisfiedAssumption:
@@ -117,7 +128,8 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
 
     start = time.perf_counter()
     try:
-        with adapter.checking(seed_for(kind, prop.name, dtype, device)), covering.active(plan):
+        seed_value = seed_for(kind, prop.name, dtype, device)
+        with adapter.checking(seed_value), global_generators(seed_value), covering.active(plan):
             try:
                 body()
             except _RunFailed:
@@ -129,6 +141,11 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
                 raise caught[0]
     except NotSupported as exc:
         result.status, result.message = "not_supported", str(exc)
+    except Unsatisfiable as exc:
+        result.status = "failed"
+        result.message = (f"no example could be compared: every drawn point was rejected (a condition number "
+                          f"beyond the dtype's cap, a singular or non-smooth finite-difference Jacobian); "
+                          f"{_message(exc)}")
     except PropertyFailure as exc:
         result.status, result.message = "failed", _message(exc)
         errors.append((exc.error, exc.tol if exc.tol is not None else 0.0))
@@ -137,26 +154,66 @@ def run_one(adapter: Adapter, prop: Property, kind: str, dtype: str, device: str
     else:
         if inconclusive:
             result.status, result.message = "inconclusive", inconclusive[0]
+    _settle(result, prop, caps, sorted(conventions))
     result.coverage = plan.coverage
     result.seconds = time.perf_counter() - start
     result.max_error, result.tolerance = _worst(errors)
     return result
 
 
-def applicable(kinds: Iterable[str] | None, properties: Iterable[str] | None) -> list[tuple[str, Property]]:
-    """(kind, property) pairs to run: registered kinds with strategies, properties that apply to them."""
+def _settle(result: Result, prop: Property, caps: Capabilities, conventions: list[str]) -> None:
+    """The final verdict from what the examples declined, claims and the conventions they used."""
+    declined = sum(result.declined.values())
+    if result.status == "passed" and declined and declined >= result.examples:
+        reasons = "; ".join(f"{why} ({n}×)" for why, n in result.declined.items())
+        result.status, result.message = "not_supported", f"every example was declined: {reasons}"
+    elif result.status == "failed" and prop.claim == "validation" and not caps.validates_input:
+        result.status = "not_claimed"
+        result.message = f"the implementation does not claim to validate input; for information: {result.message}"
+    elif result.status == "passed" and conventions:
+        result.status, result.conventions = "convention", conventions
+        result.message = f"holds by the declared convention{'s' if len(conventions) > 1 else ''} {', '.join(conventions)}"
+
+
+def applicable(kinds: Iterable[str] | None, properties: Iterable[str] | None,
+               adapter: Adapter | None = None) -> list[tuple[str, Property]]:
+    """(kind, property) pairs to run: kinds with strategies (registered ones and, with ``adapter``,
+    the foreign kinds it declares), properties that apply to them. An unknown kind, property or
+    convention, or a per-kind declaration for a kind the adapter does not have, is a
+    :class:`SelectionError`."""
     from . import load_families
 
     load_families()
-    unknown = sorted(set(kinds or ()) - set(registry.names()))
+    known = namespace.names(adapter)
+    if adapter is not None:
+        _check_declarations(adapter)
+    unknown = sorted(set(kinds or ()) - set(known))
     if unknown:
-        raise SelectionError(f"unknown kinds {unknown}; known: {', '.join(registry.names())}")
+        extra = "" if adapter is None else f" (registered, or declared by {adapter.name})"
+        raise SelectionError(f"unknown kinds {unknown}{extra}; known: {', '.join(known)}")
     missing = sorted(set(properties or ()) - set(PROPERTIES))
     if missing:
         raise SelectionError(f"unknown properties {missing}; known: {', '.join(sorted(PROPERTIES))}")
-    kind_names = [k for k in (kinds or registry.names()) if strategies.has_specs(k)]
+    kind_names = [k for k in (kinds or known) if strategies.has_specs(k)]
     props = [PROPERTIES[p] for p in properties] if properties else list(PROPERTIES.values())
-    return [(k, p) for k in kind_names for p in props if p.applies(k)]
+    return [(k, p) for k in kind_names for p in props if p.applies(k) and not _needs_reference(k, p)]
+
+
+def _needs_reference(kind: str, prop: Property) -> bool:
+    """A white-box property of a foreign kind, which has no reference: never applicable."""
+    return namespace.is_foreign(kind) and "white_box" in prop.requires
+
+
+def _check_declarations(adapter: Adapter) -> None:
+    caps = adapter.capabilities()
+    try:
+        check_declared(caps.conventions)
+    except ValueError as exc:
+        raise SelectionError(f"{adapter.name}: {exc}") from None
+    stray = sorted((set(caps.without) | set(caps.conventions)) - namespace.kinds_of(adapter))
+    if stray:
+        raise SelectionError(f"{adapter.name} declares capabilities or conventions for kinds it does not implement: "
+                             f"{stray}")
 
 
 def run(
@@ -175,7 +232,7 @@ def run(
     when it overruns (:mod:`.worker`); the property is then ``failed`` with "timed out"."""
     from .worker import Worker
 
-    tasks = [(kind, prop.name, dtype, device, profile) for kind, prop in applicable(kinds, properties)
+    tasks = [(kind, prop.name, dtype, device, profile) for kind, prop in applicable(kinds, properties, adapter)
              for dtype in dtypes for device in devices]
     results = []
     with contextlib.ExitStack() as stack:

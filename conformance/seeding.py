@@ -6,8 +6,11 @@ stream by accident. Set ``FLOWSPEC_SEED`` in the environment to explore other st
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import random
+from typing import Iterator
 
 import numpy as np
 
@@ -33,3 +36,18 @@ def seed_for(*keys: object) -> int:
 def rng(*keys: object) -> np.random.Generator:
     """A NumPy generator for ``keys`` (see :func:`seed_for`)."""
     return np.random.default_rng(seed_for(*keys))
+
+
+@contextlib.contextmanager
+def global_generators(seed: int) -> Iterator[None]:
+    """NumPy's and Python's global generators seeded from ``seed`` for the duration (an implementation
+    that draws from them, rather than from a generator the suite passes, then repeats), their
+    previous states restored after."""
+    saved_numpy, saved_python = np.random.get_state(), random.getstate()
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(saved_numpy)
+        random.setstate(saved_python)

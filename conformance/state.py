@@ -46,13 +46,14 @@ from flowspec import reference, registry
 from flowspec.reference.residual import setting
 from flowspec.spec import FlowSpec
 
-from . import strategies
+from . import namespace, strategies
+from .conventions import actnorm_rule
 from .covering import axis, declare_axes
 from .finite_diff import ROUND
-from .property import CheckContext, prop
+from .property import CheckContext, deterministic_training, prop
 from .seeding import rng, seed_for
 from .strategies import event_size
-from .tolerances import relative_error
+from .tolerances import MAX_CONDITION, relative_error
 
 BATCH = 2  # samples per evaluation: enough for a batch, few for the finite differences of a failure
 
@@ -66,7 +67,7 @@ def stochastic_logdet(spec: FlowSpec) -> bool:
     children = [c for c in spec.params.values() if isinstance(c, FlowSpec)]
     if any(stochastic_logdet(c) for c in children):
         return True
-    return "logdet_estimate" in registry.get(spec.kind).extras and setting(spec.config, "logdet") != "exact"
+    return "logdet_estimate" in namespace.kind(spec.kind).extras and setting(spec.config, "logdet") != "exact"
 
 
 def draw_deterministic(ctx: CheckContext, batch: int = BATCH):
@@ -78,7 +79,7 @@ def draw_deterministic(ctx: CheckContext, batch: int = BATCH):
 
 def redrawn(spec: FlowSpec, gen: np.random.Generator) -> FlowSpec:
     """A spec of the same structure and configs as ``spec`` with every leaf's parameters drawn again."""
-    if registry.get(spec.kind).composite:
+    if namespace.kind(spec.kind).composite:
         params = {k: redrawn(v, gen) if isinstance(v, FlowSpec) else v for k, v in spec.params.items()}
         return FlowSpec(spec.kind, spec.config, params)
     return reference.init_spec(spec.kind, spec.config, gen)
@@ -95,22 +96,25 @@ def build(ctx: CheckContext, spec: FlowSpec, dtype: str | None = None) -> Any:
     """The implementation's flow for ``spec`` in ``dtype`` (default: the context's): loaded where the
     adapter is white-box, else instantiated from the spec's kind, config and a seed derived from it."""
     dtype = dtype or ctx.dtype
-    if "white_box" in ctx.adapter.capabilities().modes:
+    if ctx.white_box:
         return ctx.adapter.load(spec, dtype, ctx.device)
-    return ctx.adapter.instantiate(spec.kind, spec.config, seed_for(spec.to_json()), dtype, ctx.device)
+    return ctx.deterministic(ctx.adapter.instantiate(spec.kind, spec.config, seed_for(spec.to_json()), dtype,
+                                                     ctx.device))
 
 
 def other_flow(ctx: CheckContext, spec: FlowSpec, label: str) -> Any:
     """A flow of ``spec``'s kind and config with different parameters."""
-    if "white_box" in ctx.adapter.capabilities().modes:
+    if ctx.white_box:
         return ctx.adapter.load(redrawn(spec, rng("other parameters", label, spec.to_json())), ctx.dtype, ctx.device)
-    return ctx.adapter.instantiate(spec.kind, spec.config, seed_for("other parameters", label, spec.to_json()),
-                                   ctx.dtype, ctx.device)
+    return ctx.deterministic(ctx.adapter.instantiate(
+        spec.kind, spec.config, seed_for("other parameters", label, spec.to_json()), ctx.dtype, ctx.device))
 
 
 def training_mode(ctx: CheckContext, flow: Any) -> None:
-    """Put ``flow`` in training mode where the adapter can switch modes (flows start in it otherwise)."""
-    if ctx.adapter.capabilities().has("train_eval"):
+    """Put ``flow`` in training mode where the adapter can switch modes (flows start in it otherwise),
+    except for a kind declaring a stochastic training-mode log-det: it stays in the evaluation mode
+    :meth:`~.property.CheckContext.deterministic` put it in."""
+    if ctx.adapter.capabilities().has("train_eval") and deterministic_training(ctx.kind):
         ctx.adapter.set_training(flow, True)
 
 
@@ -169,7 +173,7 @@ def against_reference(ctx: CheckContext, actual: dict[str, np.ndarray], spec: Fl
 
 # ----------------------------------------------------------------------------- modes
 
-@prop("train_eval_agree", requires=["black_box", "train_eval"])
+@prop("train_eval_agree", requires=["black_box", "train_eval"], kinds=deterministic_training)
 def train_eval_agree(ctx: CheckContext) -> None:
     """z, log|det| and f⁻¹ are the same in training and in evaluation mode, switching train → eval →
     train on one flow (a kind's evaluation path, such as cached or fused weights, is exercised)."""
@@ -178,6 +182,8 @@ def train_eval_agree(ctx: CheckContext) -> None:
     size = event_size(spec)
     ctx.adapter.set_training(flow, True)
     trained = evaluate(ctx, flow, x, c)
+    if ctx.convention("training_logdet_surrogate"):  # the training-mode value is no log-det (conventions)
+        del trained["log|det|"]
     kappa = fd_condition(ctx, flow, spec, x, c)
     ctx.adapter.set_training(flow, False)
     compare(ctx, evaluate(ctx, flow, x, c, trained["z"]), trained, size, "in evaluation mode vs training mode", kappa)
@@ -201,7 +207,7 @@ def forward_with_grad_matches_reference(ctx: CheckContext) -> None:
                      kappa)
 
 
-@prop("forward_with_grad_matches_fd_jacobian", requires=["black_box", "grad"])
+@prop("forward_with_grad_matches_fd_jacobian", requires=["black_box", "grad"], kinds=deterministic_training)
 def forward_with_grad_matches_fd_jacobian(ctx: CheckContext) -> None:
     """With autograd enabled, z equals the no_grad forward's and log|det| equals slogdet of a
     Richardson central-difference Jacobian of the implementation's forward."""
@@ -211,10 +217,12 @@ def forward_with_grad_matches_fd_jacobian(ctx: CheckContext) -> None:
     z, logdet = ctx.adapter.forward(flow, x, c, grad=True)
     size = event_size(spec)
     ctx.assert_close(z, ctx.adapter.forward(flow, x, c)[0], "forward", size, "z with gradients vs under no_grad")
-    from .generic import fd_jacobians
+    from .generic import fd_jacobians, fd_logdet_condition
 
+    if ctx.convention("training_logdet_surrogate"):  # the training-mode value is no log-det (conventions)
+        return
     jacobians = fd_jacobians(ctx, flow, spec, x, c)
-    kappa = ctx.condition(spec, x, c, jacobians)
+    kappa = fd_logdet_condition(ctx, spec, x, c, jacobians)
     sign, expected = np.linalg.slogdet(jacobians)
     ctx.require(bool(np.all(sign != 0)), "finite-difference Jacobian is singular")
     ctx.assert_close(logdet, expected, "fd_logdet", size, "log|det| with gradients vs finite differences", kappa)
@@ -249,8 +257,9 @@ def state_round_trip(ctx: CheckContext) -> None:
 def _targets(ctx: CheckContext, spec: FlowSpec, x: np.ndarray, c: np.ndarray | None) -> dict[str, Any]:
     """The modules a checkpoint is loaded into (see :func:`state_round_trip`)."""
     caps = ctx.adapter.capabilities()
-    if caps.has("fresh") and not registry.get(spec.kind).composite:
-        unused = ctx.adapter.fresh(spec.kind, spec.config, seed_for("fresh", spec.to_json()), ctx.dtype, ctx.device)
+    if caps.has("fresh") and not namespace.kind(spec.kind).composite:
+        unused = ctx.deterministic(
+            ctx.adapter.fresh(spec.kind, spec.config, seed_for("fresh", spec.to_json()), ctx.dtype, ctx.device))
     else:
         unused = other_flow(ctx, spec, "never evaluated")
     used = other_flow(ctx, spec, "evaluated")
@@ -273,7 +282,7 @@ INIT_BATCHES = ("several samples", "one sample", "constant channel")
 
 
 def _has_data_init(kind: str) -> bool:
-    return "init" in registry.get(kind).extras
+    return "init" in namespace.kind(kind).extras
 
 
 def _init_batch(ctx: CheckContext, spec: FlowSpec) -> np.ndarray:
@@ -289,6 +298,19 @@ def _init_batch(ctx: CheckContext, spec: FlowSpec) -> np.ndarray:
 declare_axes([kind for kind in registry.names() if _has_data_init(kind)], **{"init batch": INIT_BATCHES})
 
 
+def _initialised(ctx: CheckContext, spec: FlowSpec, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The parameters the reference's rule gives for ``x``, or those of the declared ActNorm
+    conventions (:func:`~.conventions.actnorm_rule`; with divisor n − 1 a channel of one value is
+    not compared, nor, with the addend, a scale beyond the dtype's condition cap: the addend of a
+    constant channel's std amplifies the rounding of its centring by 10⁶)."""
+    rule = actnorm_rule(ctx)
+    assume(x.size // x.shape[1] > rule["ddof"])
+    params = namespace.kind(spec.kind).extras["init"](x, spec.config, **rule)
+    if rule["epsilon"]:  # a constant channel is scaled by 1/epsilon: its rounding too, beyond comparing
+        assume(float(np.max(np.exp(params["log_scale"]))) <= MAX_CONDITION[ctx.dtype])
+    return params
+
+
 @prop("data_init_from_fresh", requires=["black_box", "fresh", "train_eval"], kinds=_has_data_init)
 def data_init_from_fresh(ctx: CheckContext) -> None:
     """A fresh module's first training forward initialises from its batch by the reference's rule
@@ -298,7 +320,7 @@ def data_init_from_fresh(ctx: CheckContext) -> None:
     spec = ctx.draw_spec()
     x = _init_batch(ctx, spec)
     flow = ctx.adapter.fresh(spec.kind, spec.config, seed_for("fresh", spec.to_json()), ctx.dtype, ctx.device)
-    initialised = FlowSpec(spec.kind, spec.config, registry.get(spec.kind).extras["init"](x, spec.config))
+    initialised = FlowSpec(spec.kind, spec.config, _initialised(ctx, spec, x))
     size = event_size(spec)
     batches = {"the initialising batch": x, "a later batch": ctx.draw_input(spec)}
     for mode, training in (("training", True), ("evaluation", False)):

@@ -13,9 +13,10 @@ from typing import Any, Callable
 import numpy as np
 from hypothesis import strategies as st
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.spec import FlowSpec
 
+from . import namespace
 from .covering import axis, salt
 from .seeding import rng
 
@@ -75,7 +76,7 @@ def sample_array(spec: FlowSpec, seed: int, magnitude: float, batch: int = BATCH
     Real coordinates are ``magnitude · N(0, 1)``; coordinates in (0, 1) are drawn uniformly from
     (0.05, 0.95) whatever the magnitude, away from the boundary where the transforms saturate.
     """
-    kind = registry.get(spec.kind)
+    kind = namespace.kind(spec.kind)
     shape = (batch,) + (kind.output_shape(spec.config) if latent else tuple(kind.event_shape(spec.config)))
     domain = kind.codomain_of(spec.config) if latent else kind.domain
     gen = rng("sample", salt(), seed)
@@ -93,7 +94,7 @@ def inputs(spec: FlowSpec, magnitudes: tuple[float, ...] = MAGNITUDES, batch: in
 
 def contexts(spec: FlowSpec, batch: int = BATCH) -> st.SearchStrategy:
     """Strategy of context batches (``None`` for kinds without a context)."""
-    context_shape = registry.get(spec.kind).context_of(spec.config)
+    context_shape = namespace.kind(spec.kind).context_of(spec.config)
     if context_shape is None:
         return st.none()
     shape = (batch,) + context_shape
@@ -131,7 +132,7 @@ def scaled_last_layer(spec: FlowSpec, factor: float | np.ndarray) -> FlowSpec:
 
 
 def event_size(spec: FlowSpec) -> int:
-    return int(np.prod(registry.get(spec.kind).event_shape(spec.config)))
+    return int(np.prod(namespace.kind(spec.kind).event_shape(spec.config)))
 
 
 def probes(ctx: Any, shape: tuple[int, ...], law: str, count: int, tag: str = "probes") -> np.ndarray:

@@ -14,6 +14,11 @@ A kind's registry entry (:class:`~flowspec.registry.Kind`) may declare, per conf
   nothing beyond the diagonal (a hidden width below D − 1, a ReLU network) it returns None, and
   the diagonal alone is required (every declaring kind transforms each entry strictly monotonically).
 
+Foreign kinds (:class:`~.adapter.ForeignKind`) declare these through their autoregressive order
+(``dense``: every allowed entry required) and may declare ``volume_preserving`` and
+``residual_lipschitz``, checked by ``volume_preserving_logdet_zero`` and ``residual_lipschitz_bound``
+(end of this module).
+
 Properties (one implementation of "forbidden entries" for every such kind):
 
 1. ``autoregressive_forbidden_entries_zero`` — the implementation's own autograd Jacobian (one
@@ -34,21 +39,23 @@ from typing import Any, Callable
 
 import numpy as np
 
-from flowspec import reference, registry
+from flowspec import reference
 from flowspec.spec import FlowSpec
 
+from . import namespace
+from .covering import axis
 from .property import CheckContext, PropertyFailure, prop
 from .strategies import MAGNITUDES, event_size
 
 
 def declares(extra: str) -> Callable[[str], bool]:
     """Predicate: the kind's registry entry declares ``extras[extra]``."""
-    return lambda kind: extra in registry.get(kind).extras
+    return lambda kind: extra in namespace.kind(kind).extras
 
 
 def declared(spec: FlowSpec, extra: str) -> np.ndarray | None:
     """The matrix ``extras[extra](config)`` of ``spec``'s kind."""
-    value = registry.get(spec.kind).extras[extra](spec.config)
+    value = namespace.kind(spec.kind).extras[extra](spec.config)
     return None if value is None else np.asarray(value, dtype=bool)
 
 
@@ -136,3 +143,69 @@ def autoregressive_no_dead_connections(ctx: CheckContext) -> None:
         raise PropertyFailure(
             f"{int(dead.sum())} of {int(required.sum())} required connections are dead (no change of the output "
             f"at any sample when the input moves): {pairs} (C-order flat indices)", float(dead.sum()), 0.0)
+
+
+# ----------------------------------------------------------------------------- declared by foreign kinds
+
+@prop("volume_preserving_logdet_zero", requires=["black_box"], kinds=declares("volume_preserving"))
+def volume_preserving_logdet_zero(ctx: CheckContext) -> None:
+    """A kind declared volume preserving returns log|det| = 0, and slogdet of a finite-difference
+    Jacobian of its forward is 0 (within the fd_logdet row at the Jacobian's condition number)."""
+    from .generic import fd_jacobians
+
+    spec = ctx.draw_spec()
+    x, c = ctx.draw_input(spec, batch=2), ctx.draw_context(spec, batch=2)
+    flow = ctx.instantiate(spec)
+    size = event_size(spec)
+    _, logdet = ctx.adapter.forward(flow, x, c)
+    ctx.assert_close(logdet, np.zeros(x.shape[0]), "logdet", size, "the returned log|det| of a volume-preserving flow")
+    jacobians = fd_jacobians(ctx, flow, spec, x, c)
+    sign, fd = np.linalg.slogdet(jacobians)
+    ctx.require(bool(np.all(sign != 0)), "finite-difference Jacobian is singular")
+    ctx.assert_close(fd, np.zeros_like(fd), "fd_logdet", size, "slogdet of the finite-difference Jacobian",
+                     ctx.condition(spec, x, c, jacobians))
+
+
+def _residual(ctx: CheckContext, flow: Any, x: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+    """g(x) = f(x) − x per sample, flattened."""
+    z, _ = ctx.adapter.forward(flow, x, c)
+    return (z - x).reshape(x.shape[0], -1)
+
+
+@prop("residual_lipschitz_bound", requires=["black_box"], kinds=declares("residual_lipschitz"))
+def residual_lipschitz_bound(ctx: CheckContext) -> None:
+    """For a kind declared f(x) = x + g(x) with Lip(g) ≤ c (2-norm): ‖g(x) − g(y)‖ ≤ c·‖x − y‖ for
+    pairs at distances 0.1 to 1 of max(1, ‖x‖), and ‖J_f − I‖₂ ≤ c for finite-difference Jacobians.
+    A bound enforced through a power-iteration estimate of ‖W‖ may exceed c by that estimate's error:
+    the slack is the norm_bound row (relative), plus the rounding of the two forwards (fd_jacobian
+    row for the Jacobians)."""
+    from .generic import fd_jacobians
+
+    spec = ctx.draw_spec()
+    bound = float(namespace.kind(spec.kind).extras["residual_lipschitz"])
+    x, c = ctx.draw_input(spec, batch=2), ctx.draw_context(spec, batch=2)
+    direction = ctx.draw_input(spec, MAGNITUDES, batch=2, name="direction")
+    distance = ctx.draw(axis("relative distance", (0.1, 1.0)), "relative distance")
+    flat = x.reshape(x.shape[0], -1)
+    step = direction.reshape(flat.shape)
+    step *= (distance * np.maximum(1.0, np.linalg.norm(flat, axis=1)) / np.linalg.norm(step, axis=1))[:, None]
+    flow = ctx.instantiate(spec)
+    size = event_size(spec)
+    y = x + step.reshape(x.shape)
+    gap = np.linalg.norm(_residual(ctx, flow, x, c) - _residual(ctx, flow, y, c), axis=1)
+    scale = np.maximum(1.0, np.maximum(np.abs(x).reshape(flat.shape).max(axis=1), np.abs(y).reshape(flat.shape).max(axis=1)))
+    rounding = 2.0 * ctx.tol("forward", size) * scale * np.sqrt(size)
+    allowed = bound * (1.0 + ctx.tol("norm_bound", size)) * np.linalg.norm(step, axis=1) + rounding
+    ratio = gap / np.linalg.norm(step, axis=1)
+    ctx.record(float(np.max(ratio)), bound)
+    if np.any(gap > allowed):
+        b = int(np.argmax(gap - allowed))
+        raise PropertyFailure(f"‖g(x) − g(y)‖ / ‖x − y‖ = {ratio[b]:.6g} > the declared Lipschitz bound {bound:g} "
+                              f"(‖x − y‖ = {np.linalg.norm(step[b]):.3g})", float(ratio[b]), bound)
+    jacobians = fd_jacobians(ctx, flow, spec, x, c)
+    norms = np.linalg.norm(jacobians - np.eye(size), ord=2, axis=(1, 2))
+    allowed = bound * (1.0 + ctx.tol("norm_bound", size)) + ctx.tol("fd_jacobian", size) * size
+    ctx.record(float(np.max(norms)), bound)
+    if np.any(norms > allowed):
+        raise PropertyFailure(f"‖J_f − I‖₂ = {float(np.max(norms)):.6g} > the declared Lipschitz bound {bound:g} "
+                              f"(finite-difference Jacobians)", float(np.max(norms)), bound)

@@ -11,6 +11,6 @@ def test_property(flowspec_case, request: pytest.FixtureRequest) -> None:
         pytest.skip("pass --flowspec-impl=MODULE:ATTR to run the conformance suite")
     adapter, kind, prop, dtype, device = flowspec_case
     result = run_one(adapter, prop, kind, dtype, device, request.config.getoption("--flowspec-profile"))
-    if result.status in ("not_supported", "skipped", "inconclusive"):
+    if result.status in ("not_supported", "skipped", "inconclusive", "not_claimed"):
         pytest.skip(f"{result.status}: {result.message}")
-    assert result.status == "passed", result.message
+    assert result.status in ("passed", "convention"), result.message

@@ -18,6 +18,13 @@ seed) -> module`` callable (a module before its data-dependent initialisation), 
 ``inverse_logdet`` a module method ``inverse_and_logdet(z, context) -> (x, log|det ∂x/∂z|)``, named
 in ``hooks``.
 
+Every call reaches the module through three methods, :meth:`~TorchFlowAdapter.call_forward`,
+:meth:`~TorchFlowAdapter.call_inverse` and :meth:`~TorchFlowAdapter.call_inverse_with_logdet`: an
+adapter for a library with another calling convention or direction overrides only those (see
+:mod:`flowspec.conformance.adapters`). The dtype a module was placed in is remembered, so a module
+with no floating parameters or buffers (a fixed permutation, a parameterless layer) still receives
+its inputs in the dtype under test.
+
 While the suite checks, :meth:`checking` pins deterministic convolution algorithms and turns TF32
 off (on CUDA, TF32 matmuls would otherwise hide or fake small errors).
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import weakref
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -99,6 +107,7 @@ class TorchFlowAdapter(Adapter):
         self._input_errors = input_errors
         self._white_box = white_box and builder is not None
         self._native_direction = native_direction
+        self._placed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def capabilities(self) -> Capabilities:
         import torch
@@ -117,7 +126,9 @@ class TorchFlowAdapter(Adapter):
     def _place(self, module: Any, dtype: str, device: str) -> Any:
         import torch
 
-        return module.to(dtype=getattr(torch, dtype), device=device)
+        module = module.to(dtype=getattr(torch, dtype), device=device)
+        self._placed[module] = (getattr(torch, dtype), torch.device(device))
+        return module
 
     def load(self, spec: FlowSpec, dtype: str, device: str) -> Any:
         if not self._white_box:
@@ -135,14 +146,14 @@ class TorchFlowAdapter(Adapter):
         return self._place(self._fresh(kind, config, seed), dtype, device)
 
     # ------------------------------------------------------------------ conversion
-    @staticmethod
-    def _ref(module: Any):
+    def _ref(self, module: Any):
+        """The module's dtype and device: those of its floating tensors, else those it was placed in."""
         import torch
 
         for t in list(module.parameters()) + list(module.buffers()):
             if t.is_floating_point():
                 return t.dtype, t.device
-        return getattr(module, "_conformance_dtype", torch.float64), torch.device("cpu")
+        return self._placed.get(module, (torch.float64, torch.device("cpu")))
 
     def tensor(self, module: Any, array: Any, *, raw: bool = False, requires_grad: bool = False):
         """``array`` as a tensor on the module's device, cast to its dtype unless ``raw``."""
@@ -156,6 +167,11 @@ class TorchFlowAdapter(Adapter):
 
     @staticmethod
     def array(t: Any) -> Array:
+        """A tensor (or a Python number: a scalar log-det) as a float64 array."""
+        import torch
+
+        if not isinstance(t, torch.Tensor):
+            return np.asarray(t, dtype=np.float64)
         return t.detach().to("cpu").double().numpy()
 
     def _context(self, module: Any, context: Array | None, raw: bool):
@@ -168,23 +184,39 @@ class TorchFlowAdapter(Adapter):
 
         with torch.enable_grad() if grad else torch.no_grad():
             xt = self.tensor(flow, x, raw=raw, requires_grad=grad and not raw)
-            z, logdet = flow(xt, self._context(flow, context, raw))
+            z, logdet = self.call_forward(flow, xt, self._context(flow, context, raw))
         return self.array(z), self.array(logdet)
 
     def inverse(self, flow: Any, z: Array, context: Array | None = None, *, raw: bool = False) -> Array:
         import torch
 
         with torch.no_grad():
-            return self.array(flow.inverse(self.tensor(flow, z, raw=raw), self._context(flow, context, raw)))
+            return self.array(self.call_inverse(flow, self.tensor(flow, z, raw=raw), self._context(flow, context, raw)))
 
     def inverse_with_logdet(self, flow: Any, z: Array, context: Array | None = None) -> tuple[Array, Array]:
         import torch
 
-        if "inverse_logdet" not in self._hooks or not hasattr(flow, "inverse_and_logdet"):
+        if "inverse_logdet" not in self._hooks:
             return super().inverse_with_logdet(flow, z, context)
         with torch.no_grad():
-            x, logdet = flow.inverse_and_logdet(self.tensor(flow, z), self._context(flow, context, False))
+            x, logdet = self.call_inverse_with_logdet(flow, self.tensor(flow, z), self._context(flow, context, False))
         return self.array(x), self.array(logdet)
+
+    # ------------------------------------------------------------------ the module's calling convention
+    def call_forward(self, module: Any, x: Any, context: Any) -> tuple[Any, Any]:
+        """``(z, log|det ∂z/∂x|)`` as tensors: ``module(x, context)``."""
+        return module(x, context)
+
+    def call_inverse(self, module: Any, z: Any, context: Any) -> Any:
+        """``x = f⁻¹(z)`` as a tensor: ``module.inverse(z, context)``."""
+        return module.inverse(z, context)
+
+    def call_inverse_with_logdet(self, module: Any, z: Any, context: Any) -> tuple[Any, Any]:
+        """``(x, log|det ∂x/∂z|)`` from the module's own inverse direction:
+        ``module.inverse_and_logdet(z, context)`` (requirement ``"inverse_logdet"``)."""
+        if not hasattr(module, "inverse_and_logdet"):
+            raise NotSupported(f"{type(module).__name__} has no inverse_and_logdet")
+        return module.inverse_and_logdet(z, context)
 
     def vjp(self, flow, x, z_weight, logdet_weight, context=None):
         import torch
@@ -192,7 +224,7 @@ class TorchFlowAdapter(Adapter):
         params = self.spec_parameters(flow)
         xt = self.tensor(flow, x, requires_grad=True)
         with torch.enable_grad():
-            z, logdet = flow(xt, self._context(flow, context, False))
+            z, logdet = self.call_forward(flow, xt, self._context(flow, context, False))
             loss = (z * self.tensor(flow, z_weight)).sum() + (logdet * self.tensor(flow, logdet_weight)).sum()
         return self._grads(loss, params, xt)
 
@@ -202,7 +234,7 @@ class TorchFlowAdapter(Adapter):
         params = self.spec_parameters(flow)
         zt = self.tensor(flow, z, requires_grad=True)
         with torch.enable_grad():
-            loss = (flow.inverse(zt, self._context(flow, context, False)) * self.tensor(flow, x_weight)).sum()
+            loss = (self.call_inverse(flow, zt, self._context(flow, context, False)) * self.tensor(flow, x_weight)).sum()
         return self._grads(loss, params, zt)
 
     def _grads(self, loss: Any, params: dict[str, Any], wrt: Any) -> tuple[dict[str, Array], Array]:
@@ -267,9 +299,8 @@ class TorchFlowAdapter(Adapter):
         flow.load_state_dict(torch.load(io.BytesIO(state), map_location=device, weights_only=True))
 
     def convert(self, flow: Any, dtype: str) -> Any:
-        import torch
-
-        return flow.to(getattr(torch, dtype))
+        _, device = self._ref(flow)
+        return self._place(flow, dtype, str(device))
 
     def parameters(self, flow: Any) -> dict[str, Array]:
         return {name: self.array(t).copy() for name, t in self.spec_parameters(flow).items()}

@@ -2,7 +2,8 @@
 
 ``flowspec conformance [--impl MODULE:ATTR] [--profile ci|thorough] [--json PATH] [--kinds K ...]
 [--properties P ...] [--dtypes D ...] [--devices D ...]`` runs the conformance suite (default
-implementation: ``flowspec.accelerated``), prints the kind × property table and exits 0, 1 (a
+implementation: ``flowspec.accelerated``), prints the findings (failures first), the kind × property
+table and the not-supported results by reason, and exits 0, 1 (a
 property failed) or 2 (a usage or set-up error, or nothing checked: :data:`EXIT_OK`). Other
 subcommands are added by the packages that own them (``bench``).
 """
@@ -86,7 +87,7 @@ def _setup(args: argparse.Namespace) -> tuple:
         raise UsageError(f"--devices {' '.join(absent)}: not available to {adapter.name} "
                          f"(available: {', '.join(sorted(available))})")
     try:
-        selection = applicable(args.kinds, args.properties)
+        selection = applicable(args.kinds, args.properties, adapter)
     except SelectionError as exc:
         raise UsageError(str(exc)) from exc
     if not selection:
@@ -121,11 +122,14 @@ def _report(args: argparse.Namespace, adapter, devices: list[str]) -> int:
         profile=args.profile, progress=progress, timeout=args.timeout or None,
     )
     print(f"flowspec conformance: {adapter.name}, profile {args.profile}, devices {', '.join(devices)}\n")
-    print(report.table(results))
-    print()
-    details = report.failures(results)
+    details = report.findings(results)
     if details:
         print(details + "\n")
+    print(report.table(results))
+    print()
+    unsupported = report.not_supported_summary(results)
+    if unsupported:
+        print(unsupported + "\n")
     print(report.coverage_summary(results))
     print(report.summary(results))
     if args.json:
@@ -133,7 +137,7 @@ def _report(args: argparse.Namespace, adapter, devices: list[str]) -> int:
         print(f"wrote {args.json}")
     if any(r.status == "failed" for r in results):
         return EXIT_FAILED
-    if not any(r.status in ("passed", "inconclusive") for r in results):
+    if not any(r.status in ("passed", "inconclusive", "convention", "not_claimed") for r in results):
         print("flowspec conformance: nothing was checked (every result is not_supported or skipped)", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK

@@ -158,7 +158,11 @@ _KINDS: dict[str, Kind] = {}
 
 
 def register(kind: Kind) -> Kind:
-    """Add a kind; a name can be registered once."""
+    """Add a kind; a name can be registered once and has no colon (``"<adapter>:<name>"`` is the
+    namespace of the kinds an adapter declares for the conformance suite, which a registered kind
+    must never shadow)."""
+    if not kind.name or ":" in kind.name:
+        raise ConfigError(f"a kind's name must be non-empty without ':', got {kind.name!r}")
     if kind.name in _KINDS and _KINDS[kind.name] is not kind:
         raise ConfigError(f"kind {kind.name!r} is already registered")
     _KINDS[kind.name] = kind

@@ -65,11 +65,15 @@ def actnorm_params(config: Mapping[str, Any], rng: np.random.Generator) -> dict[
     }
 
 
-def actnorm_init(x: Any, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def actnorm_init(x: Any, config: Mapping[str, Any], *, ddof: int = 0, epsilon: float = 0.0) -> dict[str, np.ndarray]:
     """The data-dependent parameters for the batch ``x`` of shape ``(batch, C, *spatial)``.
 
     See the module docstring for the rule (mean and divisor-n standard deviation per channel over
     batch and positions; constant channels only centred; s floored at float64's smallest normal).
+    ``ddof = 1`` gives the divisor n − 1 instead (the unbiased standard deviation) and ``epsilon > 0``
+    divides by std + epsilon with no special case for constant channels (Glow's reference code):
+    conventions some libraries follow, which the conformance suite compares by only where they
+    declare them.
     """
     shape = shape_of(config)
     arr = check_input(FlowSpec(KIND, config), x)
@@ -77,7 +81,9 @@ def actnorm_init(x: Any, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
         raise FlowInputError("the data-dependent initialisation of actnorm needs at least one sample")
     values = np.moveaxis(arr, 1, 0).reshape(shape[0], -1)
     constant = values.max(axis=1) == values.min(axis=1)
-    std = np.maximum(values.std(axis=1), np.finfo(np.float64).tiny)
+    if epsilon > 0.0:
+        constant = np.zeros_like(constant)
+    std = np.maximum(values.std(axis=1, ddof=ddof) + epsilon, np.finfo(np.float64).tiny)
     return {
         "bias": np.where(constant, -values[:, 0], -values.mean(axis=1)),
         "log_scale": np.where(constant, 0.0, -np.log(std)),

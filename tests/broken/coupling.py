@@ -75,5 +75,5 @@ CASES = [
                ConvCheckerboardFromFlatIndex, white_box=("forward_matches_reference", "coupling_jacobian_structure"),
                black_box=("coupling_jacobian_structure",)),
     BrokenCase("affine coupling whose empty batch hits reshape(batch, -1)", "affine_coupling", EmptyBatchReshape,
-               white_box=("bad_input_rejected",), black_box=("bad_input_rejected",)),
+               white_box=("empty_batch_shapes",), black_box=("empty_batch_shapes",)),
 ]

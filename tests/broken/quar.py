@@ -191,9 +191,14 @@ CASES = [
                white_box=("quar_lipschitz_bound", "forward_matches_reference")),
     BrokenCase("quar fixed-point inverse returns at its cap", "quar_mlp", FixedPointReturnsAtCap,
                white_box=("quar_option_b_inverse",)),
+    # norm_estimates_current catches this fault only where its in-place edit leaves the stored vectors
+    # exact singular vectors of the second pair (the swap of the two largest entries of a noisy
+    # two-path matrix leaves a residual of the noise's size, from which the warm iteration recovers);
+    # under the ci draws it does not (the thorough profile caught it at example 285), so the training
+    # property, which swaps the pair during Adam steps, is the one that must catch it.
     BrokenCase("quar warm power iteration only, no restart", "quar_mlp", WarmPowerIterationOnly,
-               white_box=("norm_bound_under_training", "norm_estimates_current"),
-               black_box=("norm_bound_under_training", "norm_estimates_current"), dtypes=("float32", "float64")),
+               white_box=("norm_bound_under_training",),
+               black_box=("norm_bound_under_training",), dtypes=("float32", "float64")),
     BrokenCase("quar weights tracked by data pointer, not version", "quar_mlp", StalenessByPointer,
                white_box=("norm_bound_under_training", "norm_estimates_current"),
                black_box=("norm_bound_under_training", "norm_estimates_current")),
