@@ -12,7 +12,8 @@ default and what is invalid, so a new kind inherits them without declaring anyth
   maps x as the reference does. A reduced config is skipped where the reference's canonical layout
   for it differs from the spec's parameters (a structural key such as a hidden width) or where the
   implementation refuses a *parameter* under it (a constraint of the default that the reference's
-  forward does not enforce, such as a residual weight's norm in another order);
+  forward does not enforce, such as a residual weight's norm in another order) while it builds that
+  config with the reference's generic parameters (a default of another size refuses those too);
 * ``invalid_config_rejected`` (black-box): for every key, a few values of the wrong sign, size, type
   or option name (an integer key also gets a boolean, a string and an integral float), plus the
   boundary values a kind declares in ``extras["invalid_configs"]`` (``{key: value}`` entries, such
@@ -32,6 +33,7 @@ from flowspec.errors import ConfigError
 from flowspec.spec import FlowSpec
 
 from . import namespace
+from .adapter import NotSupported
 from .property import CheckContext, PropertyFailure, prop
 from .state import draw_deterministic, stochastic_logdet
 from .strategies import event_size
@@ -69,7 +71,7 @@ def config_defaults_match_reference(ctx: CheckContext) -> None:
         try:
             flow = ctx.load(reduced)
         except ConfigError as exc:
-            if _refuses_params(exc, reduced):
+            if _refuses_params(exc, reduced) and _builds_generic(ctx, reduced):
                 continue  # the parameters break a constraint of the default (module docstring)
             raise PropertyFailure(f"without config[{key!r}] (the reference's default applies) the implementation "
                                   f"refuses to build: ConfigError: {exc}") from exc
@@ -80,6 +82,21 @@ def config_defaults_match_reference(ctx: CheckContext) -> None:
         ctx.assert_close(z, z_ref, "forward", size, f"z without config[{key!r}] (the reference's default)")
         if not stochastic_logdet(reduced):
             ctx.assert_close(logdet, ld_ref, "logdet", size, f"log|det| without config[{key!r}]")
+
+
+def _builds_generic(ctx: CheckContext, spec: FlowSpec) -> bool:
+    """Whether the implementation builds a flow of ``spec``'s config (its own defaults filling the
+    keys left out) with the reference's generic parameters for that config. A refused parameter is
+    a constraint of the default only then: when even the generic parameters are refused (a default
+    hidden width of another size changes every weight's shape), the default is not the reference's.
+    An adapter that cannot instantiate from a config gets the benefit of the doubt."""
+    try:
+        ctx.adapter.instantiate(spec.kind, spec.config, 0, ctx.dtype, ctx.device)
+    except NotSupported:
+        return True
+    except REFUSALS:
+        return False
+    return True
 
 
 def _refuses_params(exc: ConfigError, spec: FlowSpec) -> bool:

@@ -69,6 +69,7 @@ def _check_json_path(path: str | None) -> None:
 def _setup(args: argparse.Namespace) -> tuple:
     """Resolve the adapter, the devices and the selection; every problem is a :class:`UsageError`."""
     from flowspec import conformance
+    from flowspec.conformance.namespace import kinds_of
     from flowspec.conformance.runner import SelectionError, applicable
     from flowspec.conformance.seeding import base_seed
 
@@ -93,6 +94,11 @@ def _setup(args: argparse.Namespace) -> tuple:
     if not selection:
         raise UsageError(f"the selection (kinds {args.kinds or 'all'}, properties {args.properties or 'all'}) "
                          f"matches no property of any kind")
+    implemented = kinds_of(adapter)
+    unimplemented = [k for k in args.kinds or () if k not in implemented]
+    if unimplemented:
+        raise UsageError(f"--kinds {' '.join(unimplemented)}: not implemented by {adapter.name}, so nothing "
+                         f"of {'it' if len(unimplemented) == 1 else 'them'} would be checked")
     return adapter, devices
 
 

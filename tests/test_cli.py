@@ -31,6 +31,14 @@ ADAPTERS = textwrap.dedent("""
             return dataclasses.replace(super().capabilities(), dtypes=frozenset({"float64"}))
 
     FLOAT64_ONLY = Float64Only()
+
+    class WithoutLogit(AcceleratedAdapter):
+        def capabilities(self):
+            import dataclasses
+            caps = super().capabilities()
+            return dataclasses.replace(caps, kinds=frozenset(caps.kinds - {"logit"}))
+
+    WITHOUT_LOGIT = WithoutLogit()
 """)
 
 
@@ -55,6 +63,12 @@ def _usage_error(capsys, argv: list[str], *needles: str) -> str:
 def test_unknown_kind_and_property_are_usage_errors(capsys) -> None:
     _usage_error(capsys, ["--kinds", "logit", "no_such_kind"], "unknown kinds ['no_such_kind']", "logit")
     _usage_error(capsys, ["--kinds", "logit", "--properties", "no_such_property"], "no_such_property")
+
+
+def test_a_named_kind_the_adapter_lacks_is_a_usage_error(adapters, capsys) -> None:
+    # otherwise every property of the kind is not_supported and the run exits 0
+    _usage_error(capsys, ["--impl", "cli_adapters:WITHOUT_LOGIT", "--kinds", "sigmoid", "logit"],
+                 "--kinds logit", "not implemented by")
 
 
 def test_an_empty_selection_is_a_usage_error(capsys) -> None:

@@ -77,6 +77,14 @@ class IAFLogdetOfMAF(IAF):
         return z, -logdet
 
 
+class HiddenSevenByDefault(MAF):
+    """The default hidden widths are (7,), not the reference's [8]: a config that leaves ``hidden``
+    out builds a network of another size, which refuses the reference's parameters."""
+
+    def __init__(self, dim, order="natural", hidden=(7,), **rest):
+        super().__init__(dim, order, hidden, **rest)
+
+
 CASES = [
     BrokenCase("MADE output mask with ≤ instead of <", "maf", OutputMaskLessEqual,
                white_box=("forward_matches_reference", "autoregressive_forbidden_entries_zero"),
@@ -91,4 +99,6 @@ CASES = [
     BrokenCase("IAF log-det with MAF's sign", "iaf", IAFLogdetOfMAF,
                white_box=("logdet_matches_reference",),
                black_box=("logdet_matches_fd_jacobian", "maf_iaf_duality")),
+    BrokenCase("MAF default hidden widths (7,) instead of the reference's [8]", "maf", HiddenSevenByDefault,
+               white_box=("config_defaults_match_reference",)),
 ]
