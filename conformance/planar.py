@@ -36,6 +36,7 @@ from flowspec.spec import FlowSpec
 from .covering import axis, declare_axes
 from .property import CheckContext, prop
 from .strategies import config, event_size, from_configs, register_specs, sizes
+from .tolerances import relative_error
 
 REGIMES = ("init", "reparam", "edge", "large")
 WU_VALUES = (-2.0, -1.2, 0.3, 2.0)
@@ -104,6 +105,8 @@ def planar_inverse_on_a_target_grid(ctx: CheckContext) -> None:
     z = np.asarray(target_grid(spec), dtype=ctx.dtype).astype(np.float64)
     flow = ctx.instantiate(spec)
     x = ctx.adapter.inverse(flow, z, None)
-    kappa = ctx.condition(spec, x)
-    ctx.assert_close(ctx.adapter.forward(flow, x, None)[0], z, "roundtrip", event_size(spec),
-                     "f(f⁻¹(z)) vs z on the target grid", kappa)
+    back, size = ctx.adapter.forward(flow, x, None)[0], event_size(spec)
+    # the reference's Jacobians at 4001 points are this property's cost: their condition number is
+    # computed only where the round trip misses at κ = 1 (a pass there passes at any κ ≥ 1)
+    kappa = 1.0 if relative_error(back, z) <= ctx.tol("roundtrip", size) else ctx.condition(spec, x)
+    ctx.assert_close(back, z, "roundtrip", size, "f(f⁻¹(z)) vs z on the target grid", kappa)
