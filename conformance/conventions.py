@@ -10,7 +10,9 @@ documented rule*, which is not flowspec's. An undeclared difference still fails.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,9 @@ CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
 )}
 
 
-def check_declared(declared: dict[str, frozenset[str]] | object) -> None:
+def check_declared(declared: Mapping[str, frozenset[str]]) -> None:
     """Raise ``ValueError`` naming a declared convention that is not in :data:`CONVENTIONS`."""
-    unknown = sorted({name for names in dict(declared).values() for name in names} - set(CONVENTIONS))
+    unknown = sorted({name for names in declared.values() for name in names} - set(CONVENTIONS))
     if unknown:
         raise ValueError(f"unknown conventions {unknown}; known: {', '.join(sorted(CONVENTIONS))}")
 
@@ -60,9 +62,21 @@ ACTNORM_EPSILON = 1e-6
 """The ``actnorm_std_epsilon`` convention's addend to the standard deviation."""
 
 
-def actnorm_rule(ctx: Any) -> dict[str, float]:
-    """The keyword arguments of :func:`flowspec.reference.actnorm.actnorm_init` (``ddof``,
-    ``epsilon``) by the ActNorm conventions the adapter declares for ``ctx``'s kind (none: flowspec's
-    divisor n, no addend)."""
-    return {"ddof": 1 if ctx.convention("actnorm_unbiased_std") else 0,
-            "epsilon": ACTNORM_EPSILON if ctx.convention("actnorm_std_epsilon") else 0.0}
+def actnorm_initialised(ctx: Any, init: Callable[..., dict[str, Any]], x: Any,
+                        config: Mapping[str, Any]) -> dict[str, Any]:
+    """``init(x, config, ddof=, epsilon=)`` (:func:`flowspec.reference.actnorm.actnorm_init`) by the
+    ActNorm conventions the adapter declares for ``ctx``'s kind (none: flowspec's divisor n, no
+    addend). With divisor n − 1 a channel of one value is not compared (hypothesis draws another),
+    nor, with the addend, a scale beyond the dtype's condition cap: the addend of a constant
+    channel's std amplifies the rounding of its centring by 1/epsilon."""
+    from hypothesis import assume
+
+    from .tolerances import MAX_CONDITION
+
+    ddof = 1 if ctx.convention("actnorm_unbiased_std") else 0
+    epsilon = ACTNORM_EPSILON if ctx.convention("actnorm_std_epsilon") else 0.0
+    assume(x.size // x.shape[1] > ddof)
+    params = init(x, config, ddof=ddof, epsilon=epsilon)
+    if epsilon:
+        assume(float(np.max(np.exp(params["log_scale"]))) <= MAX_CONDITION[ctx.dtype])
+    return params

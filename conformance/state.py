@@ -47,13 +47,13 @@ from flowspec.reference.residual import setting
 from flowspec.spec import FlowSpec
 
 from . import namespace, strategies
-from .conventions import actnorm_rule
+from .conventions import actnorm_initialised
 from .covering import axis, declare_axes
 from .finite_diff import ROUND
 from .property import CheckContext, deterministic_training, prop
 from .seeding import rng, seed_for
 from .strategies import event_size
-from .tolerances import MAX_CONDITION, relative_error
+from .tolerances import relative_error
 
 BATCH = 2  # samples per evaluation: enough for a batch, few for the finite differences of a failure
 
@@ -298,19 +298,6 @@ def _init_batch(ctx: CheckContext, spec: FlowSpec) -> np.ndarray:
 declare_axes([kind for kind in registry.names() if _has_data_init(kind)], **{"init batch": INIT_BATCHES})
 
 
-def _initialised(ctx: CheckContext, spec: FlowSpec, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The parameters the reference's rule gives for ``x``, or those of the declared ActNorm
-    conventions (:func:`~.conventions.actnorm_rule`; with divisor n − 1 a channel of one value is
-    not compared, nor, with the addend, a scale beyond the dtype's condition cap: the addend of a
-    constant channel's std amplifies the rounding of its centring by 10⁶)."""
-    rule = actnorm_rule(ctx)
-    assume(x.size // x.shape[1] > rule["ddof"])
-    params = namespace.kind(spec.kind).extras["init"](x, spec.config, **rule)
-    if rule["epsilon"]:  # a constant channel is scaled by 1/epsilon: its rounding too, beyond comparing
-        assume(float(np.max(np.exp(params["log_scale"]))) <= MAX_CONDITION[ctx.dtype])
-    return params
-
-
 @prop("data_init_from_fresh", requires=["black_box", "fresh", "train_eval"], kinds=_has_data_init)
 def data_init_from_fresh(ctx: CheckContext) -> None:
     """A fresh module's first training forward initialises from its batch by the reference's rule
@@ -320,7 +307,8 @@ def data_init_from_fresh(ctx: CheckContext) -> None:
     spec = ctx.draw_spec()
     x = _init_batch(ctx, spec)
     flow = ctx.adapter.fresh(spec.kind, spec.config, seed_for("fresh", spec.to_json()), ctx.dtype, ctx.device)
-    initialised = FlowSpec(spec.kind, spec.config, _initialised(ctx, spec, x))
+    initialised = FlowSpec(spec.kind, spec.config,
+                           actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
     size = event_size(spec)
     batches = {"the initialising batch": x, "a later batch": ctx.draw_input(spec)}
     for mode, training in (("training", True), ("evaluation", False)):

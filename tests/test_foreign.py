@@ -338,6 +338,7 @@ def test_parameterless_layers_get_the_dtype_under_test_and_global_generators_are
         return built[-1]
 
     adapter = ToyLibrary({"shift": permute})
+    applicable(["toy:shift"], ["logdet_matches_fd_jacobian"], adapter)  # loads the properties, activates the kind
     first = run_one(adapter, PROPERTIES["logdet_matches_fd_jacobian"], "toy:shift", "float32", "cpu")
     assert first.status == "passed" and built and all(d == torch.float32 for m in built for d in m.seen)
     orders = [tuple(m.order) for m in built]
