@@ -9,9 +9,8 @@ constraint are left exactly as they are), where σ̂ estimates ‖W‖ in the co
 * ``operator="linear"``, orders p → q:
 
   - p = q = 2: :func:`~.power_iteration.exact_top_pair` when the smaller side has at most
-    ``exact_max_dim`` (default :data:`~.power_iteration.EXACT_MAX_DIM` = 256) entries, a warm start
-    certified by a Cholesky factorisation where it can be, the eigendecomposition of the Gram
-    matrix otherwise; larger: the warm-started power iteration plus a random-start Lanczos probe;
+    ``exact_max_dim`` (default :data:`~.power_iteration.EXACT_MAX_DIM` = 256) entries (the top
+    eigenpair of the Gram matrix, in float64); larger: the warm-started power iteration plus a random-start Lanczos probe;
   - p = 1 (largest column q-norm), q = ∞ (largest row p*-norm), or p = ∞ with at most
     :data:`SIGN_ENUMERATION_MAX` columns (sign vectors): **exact** closed forms;
   - any other p, q in [1, ∞]: the general power method (Boyd; Higham; App. D) from several starts
@@ -35,8 +34,7 @@ What σ̂ guarantees (each estimate's :class:`~.power_iteration.PowerIterationRe
 * closed forms: ‖W_eff‖_{p→q} ≤ coeff up to rounding (t = 4(m + n)ε), deterministic;
 * p = q = 2 and convolutions with an explicit matrix (every layer of the conformance suite, the
   App. E MLPs up to 256 units): ‖W_eff‖ ≤ coeff·(1 + t) deterministically, whatever the spectrum —
-  t = √ε plus rounding for a certified warm start, rounding alone after an eigendecomposition
-  (:func:`~.power_iteration.exact_top_pair`); a swapped top pair cannot fool either;
+  t = rounding alone (:func:`~.power_iteration.exact_top_pair`); a swapped top pair cannot fool it;
 * larger convolutions: the warm power iteration, **certified** where :func:`conv_norm_bound` is
   within the probe's tolerance of σ̂: ‖W_eff‖ ≤ coeff·(1 + t), t = bound/σ̂ − 1 (0.5–1 % at
   16 × 16 for 3×3 kernels), deterministic; a warm estimate stuck on a non-dominant pair leaves the
@@ -46,9 +44,9 @@ What σ̂ guarantees (each estimate's :class:`~.power_iteration.PowerIterationRe
   Kuczyński–Woźniakowski bound for :data:`~.power_iteration.PROBE_STEPS` Lanczos steps from a fresh
   random start (about 1.2 % at n = 40, 1.6 % at n = 1024: coarse).
   Both are looser than the conformance suite's cap of 8√ε: such layers are not what the suite
-  certifies. The warm power iteration stops on the change of σ̂ at most ``atol + rtol·σ̂`` **and** a
-  singular-pair residual ‖Wᵀu − σ̂v‖ as small, or at ``max_iter`` (``hit_cap``); it makes the
-  estimate tight when it settles on the top pair and guarantees nothing on its own;
+  certifies. The warm power iteration stops on the change of σ̂ at most ``atol + rtol·σ̂``, or at
+  ``max_iter`` (``hit_cap``); it makes the estimate tight when it settles on the top pair and
+  guarantees nothing on its own (σ̂ moves by about (1 − r²) times its error per iteration, r = σ₂/σ₁);
 * other orders and learned orders: none — σ̂ is an estimate from below (p = 1).
 
 When the estimate runs
@@ -474,6 +472,25 @@ class LipschitzNormalizer(nn.Module):
         (:meth:`~.power_iteration.PowerIterationReport.guarantee`; ``"given"`` before any)."""
         return (self.last_report or GIVEN).guarantee()
 
+    def operator_bound(self, weight: Tensor) -> float:
+        """A deterministic upper bound on the 2-norm of the operator that ``weight``'s normalised
+        weight applies (at the last spatial size for a convolution): B/max(1, σ̂/coeff) (B for a
+        weight within rounding of the constraint, applied as it is), where B ≥ ‖W‖ is the smaller of
+        σ̂/(1 − t), when the last estimate guarantees σ̂ ≥ (1 − t)·‖W‖ with failure probability 0
+        (an exact top pair, a certified convolution), and, for a convolution,
+        :func:`conv_norm_bound`; ∞ where neither exists (a probed matrix, other orders, no estimate
+        yet)."""
+        report = self.last_report
+        if not self.spectral or report is None:
+            return math.inf
+        weight = weight.detach()
+        norm = math.inf
+        if report.failure_probability == 0.0 and report.tolerance < 1.0:
+            norm = float(self.sigma(weight)) / (1.0 - report.tolerance)
+        if self.operator == "conv":
+            norm = min(norm, conv_norm_bound(weight, self._spatial, self.padding))
+        return norm if self._given else norm / max(1.0, float(self.sigma(weight)) / self.coeff)
+
     def orders(self) -> tuple[float | Tensor, float | Tensor]:
         """(p, q) of the constraint ‖W‖_{p→q}: link ``link`` of the order chain."""
         return self._orders.pair(self.link)
@@ -514,17 +531,14 @@ class LipschitzNormalizer(nn.Module):
 
     def _stale(self, weight: Tensor) -> bool:
         """Whether an evaluation must re-estimate: the weight (or size, dtype, device) changed since
-        the last estimate, or that estimate was a training step's certified warm start (a gap of √ε,
-        which evaluation, ``to_spec`` and loading do not accept: they use the rounding-only one)."""
-        certified = self.last_report is not None and self.last_report.method == "certified"
-        return certified or not self._is_current(weight)
+        the last estimate (a training step's estimate is made as an evaluation's would be)."""
+        return not self._is_current(weight)
 
     def estimate(self, weight: Tensor, spatial: tuple[int, int] | None = None, *,
                  warm: bool = False) -> PowerIterationReport:
         """Run the iteration on ``weight`` (at ``spatial`` for a convolution) to its tolerance,
-        store the vectors and the snapshot, and return the report. ``warm`` (training steps) lets an
-        operator with an explicit matrix take the certified warm start (a gap of √ε); otherwise its
-        top pair comes from the eigendecomposition (rounding only)."""
+        store the vectors and the snapshot, and return the report. ``warm`` (training steps): the
+        weight is normalised as estimated, never applied as given (module docstring)."""
         self._vectors_for(spatial, weight)
         w = weight.detach()
         p, q = self.orders()
@@ -532,7 +546,7 @@ class LipschitzNormalizer(nn.Module):
             m, n = w.shape[-2:]
             report = PowerIterationReport(0, False, 0.0, "closed_form", 4.0 * (m + n) * torch.finfo(w.dtype).eps, 0.0)
         elif self.spectral:
-            report = self._spectral_estimate(w, warm)
+            report = self._spectral_estimate(w)
         else:
             _, x, report = general_power_method(w, self._v.to(w), p, q, atol=self.atol, rtol=self.rtol,
                                                 max_iter=self.max_iter)
@@ -581,15 +595,14 @@ class LipschitzNormalizer(nn.Module):
         self.last_report = None if report is None else PowerIterationReport.from_list(report)
 
     @torch.no_grad()
-    def _spectral_estimate(self, w: Tensor, warm: bool) -> PowerIterationReport:
+    def _spectral_estimate(self, w: Tensor) -> PowerIterationReport:
         """σ̂ of the 2 → 2 operator: exact where the operator has an explicit matrix whose smaller side
         is at most :data:`~.power_iteration.EXACT_MAX_DIM` (:meth:`_dense`), else
         :meth:`_iterative_estimate` (module docstring)."""
         dense = self._dense(w)
         if dense is None:
             return self._iterative_estimate(w)
-        start = self._dense_vectors(w) if warm and not self._cold else None
-        _, u, v, report = exact_top_pair(dense, start)
+        _, u, v, report = exact_top_pair(dense)
         self._u, self._v = self._vectors_from_dense(u, v, w)
         self._cold = False
         return report
@@ -605,16 +618,6 @@ class LipschitzNormalizer(nn.Module):
             return matrix if min(matrix.shape) <= self.exact_max_dim else None
         return conv_operator_matrix(w, self._spatial, self.padding, self.exact_max_dim)
 
-    def _dense_vectors(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        """The stored vectors in :meth:`_dense`'s layout (a warm start for :func:`exact_top_pair`; for a
-        1×1 kernel, their sums over the pixels)."""
-        u, v = self._u.to(w), self._v.to(w)
-        if self.operator == "linear":
-            return u, v
-        if w.shape[-1] == 1:
-            return u.sum(dim=(0, 2, 3)), v.sum(dim=(0, 2, 3))
-        return u.reshape(-1), v.reshape(-1)
-
     def _vectors_from_dense(self, u: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         """Singular vectors of :meth:`_dense`'s matrix in the layout of ``_u``, ``_v`` (for a 1×1 kernel:
         its vectors spread evenly over the pixels, a top pair of the operator)."""
@@ -629,8 +632,9 @@ class LipschitzNormalizer(nn.Module):
         """Large operators: the warm-started power iteration (:meth:`_warm_estimate`), certified for a
         convolution by :func:`conv_norm_bound` where the bound is within the probe's tolerance of σ̂;
         otherwise a probe of :data:`~.power_iteration.PROBE_STEPS` Lanczos steps from a fresh random
-        start joins, the better estimate is kept, and the report states the certificate if it now
-        holds, else the probe's guarantee (module docstring)."""
+        start joins (Rayleigh–Ritz on its Krylov space plus the warm vector), the better estimate is
+        kept, and the report states the certificate if it now holds, else the probe's guarantee
+        (module docstring)."""
         warm = self._warm_estimate(w)
         matvec, rmatvec = self._matvec(w), self._rmatvec(w)
         event_dims = 1 if self.operator == "linear" else 3
@@ -640,7 +644,7 @@ class LipschitzNormalizer(nn.Module):
         spent = warm.iterations
         if bound / float(matvec(self._v).norm()) - 1.0 > tolerance:
             sigma, u, v, found = probe(matvec, rmatvec, self._v, steps=PROBE_STEPS, tolerance=tolerance,
-                                       event_dims=event_dims)
+                                       event_dims=event_dims, keep=self._v)
             spent += found.iterations
             if float(sigma.max()) > float(matvec(self._v).norm()):
                 self._u, self._v = u, v
@@ -650,13 +654,15 @@ class LipschitzNormalizer(nn.Module):
         return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "probe", tolerance, PROBE_FAILURE)
 
     def _warm_estimate(self, w: Tensor) -> PowerIterationReport:
-        """Power iteration until the change of σ̂ is within atol + rtol·σ̂ (App. E) **and** the
-        singular-pair residual ‖Wᵀu − σ̂v‖ (u = Wv/‖Wv‖) is too: a stalled iteration (a start nearly
-        orthogonal to the top singular vector, or a near-degenerate top pair) can change by very little
-        while far from the norm, but its residual is not small. Stops at ``max_iter`` iterations in all
-        (Lanczos steps included). From random vectors (a new layer, a new input size) it starts with at
-        most :data:`LANCZOS_STEPS` Golub–Kahan–Lanczos steps, which find the top pair of operators
-        with close singular values far sooner than power iteration. No guarantee of its own."""
+        """Power iteration until the change of σ̂ is within atol + rtol·σ̂ (App. E), at most ``max_iter``
+        iterations in all (Lanczos steps included); from random vectors (a new layer, a new input
+        size) it starts with at most :data:`LANCZOS_STEPS` Golub–Kahan–Lanczos steps, which find the
+        top pair of operators with close singular values far sooner than power iteration. **No
+        guarantee of its own**: per iteration σ̂ moves by about (1 − r²) times its error (r = σ₂/σ₁),
+        so a small change does not mean a small error, and a warm start can sit on a swapped pair.
+        A stricter stop (on the singular-pair residual) would not help: near-degenerate trained layers
+        then run to the cap on every step and still claim nothing. What :meth:`_iterative_estimate`
+        reports is the certificate's or the random-start probe's guarantee."""
         matvec, rmatvec = self._matvec(w), self._rmatvec(w)
         event_dims = 1 if self.operator == "linear" else 3
         u, v, spent = self._u.to(w), self._v.to(w), 0
@@ -664,19 +670,12 @@ class LipschitzNormalizer(nn.Module):
             _, u, v, start = lanczos(matvec, rmatvec, v, rtol=self.rtol, max_steps=min(self.max_iter, LANCZOS_STEPS),
                                      event_dims=event_dims)
             spent, self._cold = start.iterations, False
-        changed, change = False, float("inf")
-        while True:
-            if spent < self.max_iter:
-                _, _, v, report = power_iteration(matvec, rmatvec, u, v, atol=self.atol, rtol=self.rtol,
-                                                  max_iter=self.max_iter - spent, event_dims=event_dims)
-                spent, changed, change = spent + report.iterations, not report.hit_cap, report.last_change
-            image = matvec(v)
-            sigma = float(image.norm())
-            u = self._unit(image)
-            settled = changed and float((rmatvec(u) - sigma * v).norm()) <= self.atol + self.rtol * sigma
-            if settled or spent >= self.max_iter:
-                self._u, self._v = u, v
-                return PowerIterationReport(spent, not settled, change)
+        report = PowerIterationReport(spent, spent >= self.max_iter, math.inf)
+        if spent < self.max_iter:
+            _, _, v, report = power_iteration(matvec, rmatvec, u, v, atol=self.atol, rtol=self.rtol,
+                                              max_iter=self.max_iter - spent, event_dims=event_dims)
+        self._u, self._v = self._unit(matvec(v)), v
+        return PowerIterationReport(spent + report.iterations, report.hit_cap, report.last_change)
 
     @staticmethod
     def _unit(t: Tensor) -> Tensor:
@@ -769,7 +768,7 @@ class _LipschitzLayer(nn.Module):
 
     def spec_weight(self, spatial: tuple[int, int] | None = None) -> Tensor:
         """The effective weight as evaluation mode applies it, whatever the mode: what a FlowSpec
-        carries (a training step's warm estimate is certified to √ε only; module docstring)."""
+        carries (a weight at its constraint is applied as given there; module docstring)."""
         mode = self.normalizer.training
         self.normalizer.train(False)
         try:

@@ -10,7 +10,8 @@ residual ‖Wᵀu − σ̂v‖ is then small too. So the estimators here state t
 
 * :func:`exact_top_pair` (operators whose smaller side is at most :data:`EXACT_MAX_DIM`; a matrix, or
   the explicit matrix of a small convolution operator): the top eigenpair of the Gram matrix of the
-  smaller side, by a symmetric eigendecomposition in float64. **Deterministic**: the relative gap
+  smaller side in float64 (the top eigenvalue and its vector by inverse iteration, checked, or the
+  full eigendecomposition where the check fails). **Deterministic**: the relative gap
   ``1 − σ̂/‖W‖`` is at most :func:`exact_tolerance` = 4(m + n)·ε + m·min(m, n)·ε₆₄ (rounding of
   the Gram matrix and of uᵀWv in the weight's dtype, ε its epsilon), whatever the spectrum.
 * :func:`power_iteration` (warm-started, adaptive; Residual Flows App. E) and :func:`lanczos`
@@ -106,64 +107,57 @@ def exact_tolerance(m: int, n: int, dtype: torch.dtype) -> float:
 
 
 @torch.no_grad()
-def exact_top_pair(matrix: Tensor, start: tuple[Tensor, Tensor] | None = None,
-                   ) -> tuple[Tensor, Tensor, Tensor, PowerIterationReport]:
+def exact_top_pair(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor, PowerIterationReport]:
     """``(σ̂, u, v, report)`` for the largest singular value of each matrix of a stack ``(..., m, n)``,
     with a deterministic bound on the gap ``1 − σ̂/‖W‖`` whatever the spectrum (degenerate or swapped
-    top pairs cannot fool it). Everything runs in float64 on the Gram matrix G of the smaller side.
-
-    With ``start`` (the previous ``(u, v)``, a warm start): :data:`CERTIFY_STEPS` power steps on G
-    give σ̂ = ‖W v‖, and a Cholesky factorisation of ``μ²I − G`` with μ = σ̂·(1 + t), t =
-    :func:`certify_tolerance`, **certifies** ‖W‖ < μ where it succeeds (a positive definite
-    ``μ²I − G`` means every eigenvalue of G is below μ²): then the gap is at most t plus rounding.
-    Where it fails (a swap, an unsettled vector), or without ``start``: the top eigenvector of G
-    (``torch.linalg.eigh``), whose gap is rounding only. The report's tolerance is the bound that
-    holds (:func:`exact_tolerance` for the rounding). The vectors come back in the matrix's dtype
-    (then uᵀWv = σ̂ up to that rounding); a zero matrix gives σ̂ = 0 with u = 0.
+    top pairs cannot fool it): the top eigenvector of the Gram matrix G of the smaller side, in
+    float64 (:func:`_top_eigenvector`), whose gap is rounding only (:func:`exact_tolerance`, the
+    report's tolerance). No warm start: after an optimiser step the top eigenvalues of trained
+    layers are too close (σ₂/σ₁ ≥ 0.99) for a few Krylov steps from the old vector to certify the new
+    norm, and an attempt costs about as much as the exact pair. The vectors come back in the
+    matrix's dtype (then uᵀWv = σ̂ up to that rounding); a zero matrix gives σ̂ = 0 with u = 0.
     """
     m, n = matrix.shape[-2:]
     wide = n > m
     work = (matrix.mT if wide else matrix).to(torch.float64)
     gram = work.mT @ work
-    rounding = exact_tolerance(m, n, matrix.dtype)
-    right, report = None, PowerIterationReport(0, False, 0.0, "exact", rounding, 0.0)
-    if start is not None:
-        right, certified = _certified(work, gram, start[0 if wide else 1], certify_tolerance(matrix.dtype))
-        if certified:
-            report = PowerIterationReport(CERTIFY_STEPS, False, 0.0, "certified",
-                                          certify_tolerance(matrix.dtype) + rounding, 0.0)
-        else:
-            right = None
-    if right is None:
-        right = torch.linalg.eigh(gram)[1][..., :, -1]
+    right = _top_eigenvector(work, gram, m * min(m, n) * torch.finfo(torch.float64).eps)
     image = (work @ right.unsqueeze(-1)).squeeze(-1)
     sigma = image.norm(dim=-1)
     left = image / torch.where(sigma > 0, sigma, torch.ones_like(sigma)).unsqueeze(-1)
     u, v = (right, left) if wide else (left, right)
+    report = PowerIterationReport(0, False, 0.0, "exact", exact_tolerance(m, n, matrix.dtype), 0.0)
     return sigma.to(matrix.dtype), u.to(matrix.dtype), v.to(matrix.dtype), report
 
 
-CERTIFY_STEPS = 4
-"""Power steps on the Gram matrix before a warm start is offered for certification."""
+INVERSE_SHIFT = 1e-8
+"""Relative shift above the top eigenvalue for the inverse iteration of :func:`_top_eigenvector`."""
 
 
-def certify_tolerance(dtype: torch.dtype) -> float:
-    """The gap a warm start is certified at (:func:`exact_top_pair`): √ε of the weights' dtype, an
-    eighth of the conformance suite's cap on norm estimates (8√ε)."""
-    return math.sqrt(torch.finfo(dtype).eps)
-
-
-def _certified(work: Tensor, gram: Tensor, start: Tensor, tolerance: float) -> tuple[Tensor, bool]:
-    """The warm vector after :data:`CERTIFY_STEPS` power steps on ``gram``, and whether every matrix of
-    the stack is certified to have ‖W‖ < ‖W v‖·(1 + tolerance) (a Cholesky factorisation succeeds)."""
-    v = start.to(torch.float64)
-    for _ in range(CERTIFY_STEPS):
-        v = (gram @ v.unsqueeze(-1)).squeeze(-1)
-        v = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    bound = ((work @ v.unsqueeze(-1)).squeeze(-1).norm(dim=-1) * (1.0 + tolerance)) ** 2
+def _top_eigenvector(work: Tensor, gram: Tensor, check: float) -> Tensor:
+    """The unit top eigenvector of each Gram matrix ``gram = workᵀwork`` of a stack (float64): the top
+    eigenvalue λ̂ alone (``eigvalsh``, a third of the cost of a full ``eigh`` at 256), then two steps of
+    inverse iteration with the Cholesky factor of ``(1 + INVERSE_SHIFT)·λ̂·I − G`` (each damps every
+    eigenvalue at a relative gap γ below λ̂ by about INVERSE_SHIFT/γ). The result is **checked**, not
+    trusted: its Rayleigh quotient ‖work·v‖² must reach λ̂·(1 − ``check``); where it does not (a top
+    eigenvalue within about INVERSE_SHIFT of the next, a start without a top component) or the
+    factorisation fails, the full ``eigh`` decides, so the bound of :func:`exact_tolerance` holds
+    either way."""
+    top = torch.linalg.eigvalsh(gram)[..., -1]
+    tiny = torch.finfo(gram.dtype).tiny
+    shift = top * (1.0 + INVERSE_SHIFT) + tiny
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    _, info = torch.linalg.cholesky_ex(bound[..., None, None] * eye - gram)
-    return v, bool((info == 0).all())
+    factor, info = torch.linalg.cholesky_ex(shift[..., None, None] * eye - gram)
+    if bool((info == 0).all()):
+        generator = torch.Generator(device=gram.device).manual_seed(0)
+        v = torch.randn(gram.shape[:-1], generator=generator, dtype=gram.dtype, device=gram.device)
+        for _ in range(2):
+            v = torch.cholesky_solve(v.unsqueeze(-1), factor).squeeze(-1)
+            v = v / v.norm(dim=-1, keepdim=True).clamp_min(tiny ** 0.5)
+        quotient = (work @ v.unsqueeze(-1)).squeeze(-1).norm(dim=-1) ** 2
+        if bool((quotient >= top * (1.0 - check)).all()):
+            return v
+    return torch.linalg.eigh(gram)[1][..., :, -1]
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -209,7 +203,7 @@ def power_iteration(
     event_dims: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor, PowerIterationReport]:
     """Alternate ``u ← W v / ‖W v‖`` and ``v ← Wᵀ u / ‖Wᵀ u‖`` from the caller's vectors (warm start)
-    until σ̂ = ‖W v‖ changes by at most ``atol + rtol·σ̂`` in every batch entry, or ``max_iter``
+    until σ̂ = ‖Wᵀu‖ changes by at most ``atol + rtol·σ̂`` in every batch entry, or ``max_iter``
     iterations have run (Residual Flows, App. E, "adaptive number of power iterations"); return
     ``(σ̂, u, v, report)``. A lower bound with no guarantee of its own (module docstring).
 
@@ -223,12 +217,15 @@ def power_iteration(
     eps = torch.finfo(v.dtype).tiny ** 0.5
     batch_dims = v.dim() - event_dims
     v = _unit(v, batch_dims, eps)
-    sigma = _norm(matvec(v), batch_dims)
+    image = matvec(v)
+    sigma = _norm(image, batch_dims)
     change, iterations = float("inf"), 0
     for iterations in range(1, max_iter + 1):
-        u = _unit(matvec(v), batch_dims, eps)
-        v = _unit(rmatvec(u), batch_dims, eps)
-        new_sigma = _norm(matvec(v), batch_dims)
+        u = _unit(image, batch_dims, eps)
+        back = rmatvec(u)
+        new_sigma = _norm(back, batch_dims)  # ‖Wᵀu‖ ≥ ‖W v‖: two operator applications per iteration
+        v = _scaled(1.0 / new_sigma.clamp_min(eps), back, batch_dims)
+        image = matvec(v)
         change = float(((new_sigma - sigma).abs() / new_sigma.clamp_min(eps)).max())
         converged = bool(((new_sigma - sigma).abs() <= atol + rtol * new_sigma).all())
         sigma = new_sigma
@@ -255,6 +252,7 @@ def lanczos(
     rtol: float,
     max_steps: int,
     event_dims: int = 1,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, PowerIterationReport]:
     """Golub–Kahan–Lanczos bidiagonalisation from ``v``, batched like :func:`power_iteration`.
 
@@ -266,7 +264,8 @@ def lanczos(
     relative gap. Stops when the Ritz value changes by at most ``rtol`` relative in every batch entry
     (at least two steps) or after ``max_steps`` (capped at the vectors' length, where the Krylov space
     is exhausted); ``rtol = 0`` runs every step (the probe). Returns ``(σ̂, u, v, report)`` with ``u``,
-    ``v`` the unit Ritz vectors, a warm start for :func:`power_iteration`.
+    ``v`` the unit Ritz vectors, a warm start for :func:`power_iteration`. With ``keep``, the final
+    Ritz pair is that of the Krylov space plus ``keep`` (:func:`_augmented`).
     """
     if rtol < 0 or max_steps < 1:
         raise ConfigError(f"Lanczos needs rtol ≥ 0 and max_steps ≥ 1, got rtol={rtol}, max_steps={max_steps}")
@@ -288,7 +287,7 @@ def lanczos(
         alphas.append(alpha)
         beta, v = _orthonormalised(rmatvec(u) - _scaled(alpha, vs[-1], batch_dims), vs, batch_dims, eps)
         betas.append(beta)
-        if rtol == 0 and j < steps - 1:
+        if rtol == 0 and (j < steps - 1 or keep is not None):
             continue  # the probe: every step runs, the Ritz pair is needed once, at the end
         svd = torch.linalg.svd(_bidiagonal(alphas, betas))
         new_sigma = svd[1][..., 0]
@@ -298,24 +297,56 @@ def lanczos(
                 sigma = new_sigma
                 break
         sigma = new_sigma
+    hit_cap = rtol > 0 and change > rtol and len(alphas) == max_steps
+    report = PowerIterationReport(len(alphas) + (keep is not None), hit_cap, change)
+    if keep is not None:
+        return (*_augmented(matvec, _bidiagonal(alphas, betas), us, vs, keep, batch_dims, eps), report)
     left, _, right = svd
     u_ritz = _combine(left[..., :, 0], us, batch_dims, eps)
     v_ritz = _combine(right[..., 0, :], vs, batch_dims, eps)
-    hit_cap = rtol > 0 and change > rtol and len(alphas) == max_steps
-    return sigma, u_ritz, v_ritz, PowerIterationReport(len(alphas), hit_cap, change)
+    return sigma, u_ritz, v_ritz, report
+
+
+def _augmented(matvec: Operator, bidiagonal: Tensor, us: list[Tensor], vs: list[Tensor], keep: Tensor,
+               batch_dims: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The top Ritz triple ``(σ̂, u, v)`` of W on span{V_j, keep}, from W V_j = U_j B_j: with k the part
+    of ``keep`` orthogonal to V_j (unit; zero if none), W [V_j, k] = [U_j B_j, W k], whose Gram matrix
+    [[BᵀB, Bᵀ Uᵀ W k], [·, ‖W k‖²]] is (j + 1) × (j + 1); its top eigenvector y gives
+    v = V_j y₁ + k y₂ and σ̂ = ‖W v‖ = √λ."""
+    _, extra = _orthonormalised(keep, vs, batch_dims, eps)
+    image = matvec(extra)
+    flat = lambda t: t.reshape(*t.shape[:batch_dims], -1)  # noqa: E731
+    u_stack = torch.stack([flat(t) for t in us], dim=-2)  # (*batch, j, m)
+    cross = bidiagonal.mT @ (u_stack @ flat(image).unsqueeze(-1))  # (*batch, j, 1)
+    corner = flat(image).square().sum(-1)[..., None, None]
+    top = torch.cat([bidiagonal.mT @ bidiagonal, cross], dim=-1)
+    gram = torch.cat([top, torch.cat([cross.mT, corner], dim=-1)], dim=-2).to(torch.float64)
+    values, vectors = torch.linalg.eigh(gram)
+    y = vectors[..., :, -1].to(keep.dtype)
+    v = _combine(y, [*vs, extra], batch_dims, eps)
+    w_v = matvec(v)
+    sigma = _norm(w_v, batch_dims)
+    return sigma, _unit(w_v, batch_dims, eps), v
 
 
 @torch.no_grad()
 def probe(matvec: Operator, rmatvec: Operator, like: Tensor, *, steps: int = PROBE_STEPS, tolerance: float,
-          event_dims: int = 1) -> tuple[Tensor, Tensor, Tensor, PowerIterationReport]:
+          event_dims: int = 1, keep: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, PowerIterationReport]:
     """:func:`lanczos` for ``steps`` steps from a fresh Gaussian vector shaped like ``like`` (torch's
     generator), batched like it; the report states :func:`probe_failure_probability` at
-    ``tolerance`` for the side's dimension (the largest over the batch is the same number)."""
+    ``tolerance`` for the side's dimension (the largest over the batch is the same number).
+
+    ``keep`` (right vectors batched like ``like``, e.g. the warm start): the Ritz pair comes from the
+    Krylov space *plus* ``keep`` (Rayleigh–Ritz on the larger space). Its top Ritz value is at least
+    the Krylov space's own (Courant–Fischer), so the probe's guarantee stands, and at least
+    ‖W·keep‖: a warm vector carries its accuracy from estimate to estimate at the cost of one more
+    operator application, and needs no iteration of its own."""
     start = torch.randn(like.shape, dtype=like.dtype, device=like.device)
-    sigma, u, v, run = lanczos(matvec, rmatvec, start, rtol=0.0, max_steps=steps, event_dims=event_dims)
+    sigma, u, v, run = lanczos(matvec, rmatvec, start, rtol=0.0, max_steps=steps, event_dims=event_dims, keep=keep)
     n = like[(0,) * (like.dim() - event_dims)].numel()
+    krylov_steps = run.iterations - (keep is not None)  # the guarantee is the random Krylov space's alone
     report = PowerIterationReport(run.iterations, False, run.last_change, "probe", tolerance,
-                                  probe_failure_probability(n, run.iterations, tolerance))
+                                  probe_failure_probability(n, krylov_steps, tolerance))
     return sigma, u, v, report
 
 

@@ -47,18 +47,18 @@ hook ``norm_guarantees``), and what t_i is:
 * **exact** where what the layer measures has an explicit matrix whose smaller side has at most
   ``exact_max_dim`` (:data:`~.power_iteration.EXACT_MAX_DIM` = 256) entries — the masked weight of
   every MLP layer up to 256 units, the diagonal blocks, a convolution operator up to 256 entries on
-  a side (:func:`~.power_iteration.exact_top_pair`): the warm start certified by a Cholesky
-  factorisation (t = √ε plus rounding), or the eigendecomposition of the Gram matrix (t = rounding).
-  **Deterministic**, for every spectrum: after a dozen Adam steps these layers have σ₂/σ₁ ≥ 0.99 and
-  their top pair swaps, which a warm start cannot see (it settles on the second pair, its stopping
-  rule met after one iteration) but the certificate can;
-* larger (convolution operators at their image size): a warm run — Golub–Kahan–Lanczos from the
-  stored vector (at most ``krylov_steps`` steps, stopping when σ̂ changes by at most ``pi_rtol``
-  relative, default ``√ε/16``), then the warm-started power iteration to that stop (at most
-  ``pi_max_iter`` iterations) — **certified** by the frequency-domain upper bound of the operator
+  a side (:func:`~.power_iteration.exact_top_pair`): the top eigenpair of the Gram matrix in
+  float64 (t = rounding). **Deterministic**, for every spectrum: after a dozen Adam steps these
+  layers have σ₂/σ₁ ≥ 0.99 and their top pair swaps, which a warm start cannot see (it settles on
+  the second pair, its stopping rule met after one iteration) but the exact pair does;
+* larger (convolution operators at their image size, masked weights wider than 256 on both
+  sides): a warm run — the power iteration from the stored vectors until σ̂ changes by at most
+  ``pi_rtol`` relative (default ``√ε``; at most ``pi_max_iter`` iterations), a lower bound with no
+  guarantee of its own, amortised over steps — **certified** by the frequency-domain upper bound of the operator
   norm (:func:`~.lipschitz.conv_norm_bound`; t = bound/σ̂ − 1, 0.5–1 % at 16 × 16, deterministic)
   where that bound is within the probe's tolerance of σ̂; otherwise a probe of ``krylov_steps``
-  Lanczos steps from a fresh random start joins, the better kept, and the estimate is
+  Lanczos steps from a fresh random start joins, Rayleigh–Ritz on its Krylov space plus the warm
+  vector (never below either), and the estimate is
   **probabilistic**: t from the Kuczyński–Woźniakowski bound at failure probability
   :data:`~.lipschitz.PROBE_FAILURE` per estimate (about 1.6 % at n = 1024 with 32 steps). Both are
   coarse, looser than the conformance suite's cap of 8√ε. A power iteration that stops at ``pi_max_iter``
@@ -129,7 +129,7 @@ from .lipschitz import (
     spread_over_pixels,
 )
 from .power_iteration import (
-    EXACT_MAX_DIM, GIVEN, PowerIterationReport, exact_top_pair, lanczos, power_iteration, probe, probe_tolerance,
+    EXACT_MAX_DIM, GIVEN, PowerIterationReport, exact_top_pair, power_iteration, probe, probe_tolerance,
 )
 from .sequential import residual_stack
 
@@ -330,7 +330,7 @@ class _QuARBlock(Flow):
         return self._fresh != self._versions()
 
     def _default_pi_rtol(self) -> float:
-        return math.sqrt(torch.finfo(self.rho.dtype).eps) / 16.0
+        return math.sqrt(torch.finfo(self.rho.dtype).eps)
 
     @torch.no_grad()
     def refresh_norms(self) -> Tensor:
@@ -356,9 +356,7 @@ class _QuARBlock(Flow):
         if dense is None:
             return self._iterative_layer(i, weight)
         pixels = self._pixelwise(weight)
-        start = ((u.sum(dim=(1, 2)), v.sum(dim=(1, 2))) if pixels else
-                 (u.reshape(dense.shape[:-1]), v.reshape(dense.shape[:-2] + dense.shape[-1:])))
-        _, u_new, v_new, report = exact_top_pair(dense, start)
+        _, u_new, v_new, report = exact_top_pair(dense)
         if pixels:
             u_new, v_new = (spread_over_pixels(t, tuple(self.event_shape[1:])) for t in (u_new, v_new))
         u.copy_(u_new.reshape(u.shape))
@@ -383,19 +381,17 @@ class _QuARBlock(Flow):
         return conv_operator_matrix(weight, tuple(self.event_shape[1:]), weight.shape[-1] // 2, self.exact_max_dim)
 
     def _iterative_layer(self, i: int, weight: Tensor) -> PowerIterationReport:
-        """Large layers: the warm run — Golub–Kahan–Lanczos from the stored vector (at most
-        ``krylov_steps`` steps, stopping when σ̂ changes by at most ``pi_rtol`` relative), then the
-        warm-started power iteration to the same stop (at most ``pi_max_iter`` iterations) — certified
+        """Large layers: the warm run — the power iteration from the stored vectors until σ̂ changes
+        by at most ``pi_rtol`` relative (at most ``pi_max_iter`` iterations) — certified
         for a convolution by :func:`~.lipschitz.conv_norm_bound` where the bound is within the probe's
         tolerance of σ̂; otherwise a probe of ``krylov_steps`` Lanczos steps from a fresh random start
-        joins, the better estimate (per block) is kept, and the report states the certificate if it
+        joins (its Krylov space plus the warm vector, :func:`~.power_iteration.probe`), the better
+        estimate (per block) is kept, and the report states the certificate if it
         now holds, else the probe's guarantee at :data:`PROBE_FAILURE`."""
         rtol = self._default_pi_rtol() if self.pi_rtol is None else self.pi_rtol
         matvec, rmatvec, event_dims = self._operator(i, weight)
         u, v = getattr(self, f"u_{i}"), getattr(self, f"v_{i}")
-        _, u_start, v_start, _ = lanczos(matvec, rmatvec, v, rtol=rtol, max_steps=self.krylov_steps,
-                                         event_dims=event_dims)
-        _, u_warm, v_warm, warm = power_iteration(matvec, rmatvec, u_start, v_start, atol=0.0, rtol=rtol,
+        _, u_warm, v_warm, warm = power_iteration(matvec, rmatvec, u, v, atol=0.0, rtol=rtol,
                                                   max_iter=self.pi_max_iter, event_dims=event_dims)
         n = v[(0,) * (v.dim() - event_dims)].numel()
         tolerance = probe_tolerance(n, self.krylov_steps, PROBE_FAILURE)
@@ -405,7 +401,7 @@ class _QuARBlock(Flow):
         v.copy_(v_warm)
         if bound / float(self._batched_norm(matvec(v), event_dims).min()) - 1.0 > tolerance:
             _, u_probe, v_probe, found = probe(matvec, rmatvec, v, steps=self.krylov_steps, tolerance=tolerance,
-                                               event_dims=event_dims)
+                                               event_dims=event_dims, keep=v)
             spent += found.iterations
             better = self._batched_norm(matvec(v_probe), event_dims) > self._batched_norm(matvec(v), event_dims)
             shape = better.shape + (1,) * event_dims

@@ -13,10 +13,17 @@ Log-determinant (``logdet``, or :func:`configure_logdet`)
 * ``"series"``: the i-ResNet truncated power series (eq. 3) with ``n_exact_terms`` terms and a
   Hutchinson probe: biased.
 * ``"roulette"``: the unbiased Russian-roulette estimator (Theorem 1, eq. 6): ``n_exact_terms`` terms
-  always, then N ~ p(N) more, term k weighted by 1/P(N ≥ k − n_exact_terms). N is drawn **per sample**
-  (and per probe), so a sample's estimate does not depend on its batch; a batch then costs the
-  largest N among its samples. In evaluation mode ``max(n_exact_terms, eval_exact_terms)`` (20, as in
-  the paper's evaluation) terms are exact. Because the result is still random, ``log_prob`` offers an
+  always, then N ~ p(N) more, term k weighted by 1/P(N ≥ k − n_exact_terms). ``draw="sample"``
+  draws N per sample (and per probe), so a sample's estimate does not depend on its batch; a batch
+  then costs the largest N among its samples (E[max N] ≈ 7.3 for 64 samples at q = 0.5).
+  ``draw="batch"`` draws one N per probe index for the whole batch (the official code's choice): a
+  batch costs that N (E[N] = 2), each sample's estimate keeps its law (unbiased, the same variance),
+  but the batch mean keeps the variance over N (see :mod:`flowspec.reference.residual`). The
+  default is ``"batch"``, the lower variance of the batch mean per unit time as measured by
+  ``flowspec bench residual`` (MLP and conv blocks of App. E). In evaluation mode
+  ``max(n_exact_terms, eval_exact_terms)`` (20, as in the paper's evaluation) terms are exact.
+  Without a gradient the series stops once the weighted terms left are certainly below half an ulp
+  of every running sum (:meth:`ResidualBlock._series_value`): the same result, fewer terms. Because the result is still random, ``log_prob`` offers an
   averaged mode (``n_samples`` probes and draws, averaged) and the exact mode above.
 
   p(N): ``"geometric"`` with success probability q, N ≥ 1 (numpy's convention, not torch's, which
@@ -83,6 +90,7 @@ from .lipschitz import LipSwish, LipschitzConv2d, LipschitzLinear, OrderChain, m
 ESTIMATORS = ("exact", "series", "roulette")
 DISTRIBUTIONS = ("geometric", "poisson")
 PROBES = ("gaussian", "rademacher")
+DRAWS = ("sample", "batch")
 
 
 # ----------------------------------------------------------------------------- p(N)
@@ -190,6 +198,30 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a if b is None else a + b
 
 
+def tail_factors(value_coef: Tensor, lipschitz: float, length: int) -> Tensor | None:
+    """``S[k, r] = (1 + (D + 2)ε)·Σ_{j>k} |c_j[r]|·L^{j−k}`` (float64) for the per-term, per-row weights
+    ``c`` of the series (roulette weights and each row's drawn N included; D = ``length``, ε the
+    weights' epsilon) and L ≥ ‖J_g‖₂: with u_k = (J_gᵀ)^k v, every later term c_j·u_jᵀv has
+    |c_j·u_jᵀv| ≤ |c_j|·L^{j−k}·‖u_k‖·‖v‖, so the terms after k sum to at most S[k]·‖u_k‖·‖v‖ (the
+    factor in front covers the rounding of the dot products). None where L is not finite."""
+    if not math.isfinite(lipschitz):
+        return None
+    coef = value_coef.abs().double()
+    tails = torch.zeros_like(coef)
+    for k in range(coef.shape[0] - 2, -1, -1):
+        tails[k] = lipschitz * (coef[k + 1] + tails[k + 1])
+    return tails * (1.0 + (length + 2) * torch.finfo(value_coef.dtype).eps)
+
+
+def below_half_ulp(total: Tensor, remaining: Tensor) -> bool:
+    """Whether every row's bound ``remaining`` on what is left to add is zero or below half the gap
+    from ``|total|`` down to the next number of its dtype: then each addition (each no larger than
+    the bound) rounds back to ``total`` under round-to-nearest, so the sum would not change."""
+    magnitude = total.abs()
+    gap = (magnitude - torch.nextafter(magnitude, torch.zeros_like(magnitude))).double()
+    return bool(((remaining < gap / 2) | (remaining == 0)).all())
+
+
 class _ImplicitInverse(torch.autograd.Function):
     """x* = f⁻¹(y) by the fixed point; gradients by implicit differentiation (module docstring)."""
 
@@ -233,7 +265,8 @@ class ResidualBlock(Flow):
 
     def __init__(self, shape: Sequence[int], hidden: Sequence[int] = (), *, activation: str = "lipswish",
                  coeff: float = 0.97, logdet: str = "roulette", n_exact_terms: int = 2, eval_exact_terms: int = 20,
-                 n_samples: int = 1, dist: str = "geometric", dist_param: float = 0.5, probe: str = "gaussian",
+                 n_samples: int = 1, draw: str = "batch", dist: str = "geometric", dist_param: float = 0.5,
+                 probe: str = "gaussian",
                  neumann_grad: bool = True, grad_in_forward: bool = True, atol: float = 0.0, rtol: float = 1e-4,
                  max_iter: int = 200, inverse_rtol: float | None = None, inverse_max_iter: int = 1000,
                  validate_args: bool | None = None, **layout: Any):
@@ -255,7 +288,7 @@ class ResidualBlock(Flow):
         self.layers = self._build_layers(**layout)
         self.activations = nn.ModuleList(make_activation(activation) for _ in self.layers)
         self.eval_exact_terms = _count("eval_exact_terms", eval_exact_terms, 0)
-        self.set_logdet(estimator=logdet, n_exact_terms=n_exact_terms, n_samples=n_samples, dist=dist,
+        self.set_logdet(estimator=logdet, n_exact_terms=n_exact_terms, n_samples=n_samples, draw=draw, dist=dist,
                         dist_param=dist_param, probe=probe, neumann_grad=neumann_grad,
                         grad_in_forward=grad_in_forward)
         if inverse_rtol is not None and not 0.0 < inverse_rtol < 1.0:
@@ -271,9 +304,9 @@ class ResidualBlock(Flow):
         return [outer, *self.hidden, outer]
 
     # ------------------------------------------------------------------ configuration
-    def set_logdet(self, *, estimator: str, n_exact_terms: int, n_samples: int = 1, dist: str = "geometric",
-                   dist_param: float = 0.5, probe: str | None = None, neumann_grad: bool = True,
-                   grad_in_forward: bool = True) -> None:
+    def set_logdet(self, *, estimator: str, n_exact_terms: int, n_samples: int = 1, draw: str = "batch",
+                   dist: str = "geometric", dist_param: float = 0.5, probe: str | None = None,
+                   neumann_grad: bool = True, grad_in_forward: bool = True) -> None:
         """Choose the log-det estimator (module docstring); validates every setting."""
         if estimator not in ESTIMATORS:
             raise ConfigError(f"the log-det estimator (config 'logdet') must be one of {', '.join(ESTIMATORS)}, "
@@ -281,6 +314,8 @@ class ResidualBlock(Flow):
         probe = getattr(self, "probe", "gaussian") if probe is None else probe
         if probe not in PROBES:
             raise ConfigError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
+        if draw not in DRAWS:
+            raise ConfigError(f"draw (how the roulette draws N) must be one of {', '.join(DRAWS)}, got {draw!r}")
         for name, flag in (("neumann_grad", neumann_grad), ("grad_in_forward", grad_in_forward)):
             if not isinstance(flag, bool):
                 raise ConfigError(f"{name} must be a bool, got {flag!r}")
@@ -288,6 +323,7 @@ class ResidualBlock(Flow):
         self.estimator, self.probe = estimator, probe
         self.n_exact_terms = _count("n_exact_terms", n_exact_terms, 1 if estimator == "series" else 0)
         self.n_samples = _count("n_samples", n_samples, 1)
+        self.draw = draw
         self.neumann_grad, self.grad_in_forward = neumann_grad, grad_in_forward
 
     @property
@@ -299,7 +335,7 @@ class ResidualBlock(Flow):
             "shape": list(self._shape), "hidden": list(self.hidden), **self._layout_config(),
             "activation": self.activation, "coeff": self.coeff, "logdet": self.estimator,
             "n_exact_terms": self.n_exact_terms, "eval_exact_terms": self.eval_exact_terms,
-            "n_samples": self.n_samples, "dist": self.roulette.dist, "dist_param": self.roulette.param,
+            "n_samples": self.n_samples, "draw": self.draw, "dist": self.roulette.dist, "dist_param": self.roulette.param,
             "probe": self.probe, "neumann_grad": self.neumann_grad, "grad_in_forward": self.grad_in_forward,
             **self.power, "inverse_rtol": self.inverse_rtol, "inverse_max_iter": self.inverse_max_iter,
         }
@@ -410,21 +446,56 @@ class ResidualBlock(Flow):
         grad = ((-1.0) ** ks.double() * c_t)[:, None] * grad_present
         return value.to(like.dtype), grad.to(like.dtype)
 
-    def _series(self, gx: Tensor, x_rep: Tensor, v: Tensor, n: Tensor, *, create_graph: bool) -> tuple[Tensor, Tensor]:
+    def _series(self, gx: Tensor, x_rep: Tensor, v: Tensor, n: Tensor, *, create_graph: bool,
+                ) -> tuple[Tensor, Tensor]:
         """(value, surrogate) per row: the estimate and the per-row quantity whose gradient is the
-        estimator's gradient (wᵀJ_g v with w fixed for the Neumann series; the estimate itself otherwise)."""
+        estimator's gradient (wᵀJ_g v with w fixed for the Neumann series; the estimate itself
+        otherwise)."""
         value_coef, grad_coef = self._coefficients(n, gx)
         expand = (-1,) + (1,) * (v.dim() - 1)
-        u, value, w = v, gx.new_zeros(v.shape[0]), grad_coef[0].reshape(expand) * v
+        neumann = not create_graph
+        u, value = v, gx.new_zeros(v.shape[0])
+        w = grad_coef[0].reshape(expand) * v if neumann else None
         for k in range(1, value_coef.shape[0]):
-            u = torch.autograd.grad(gx, x_rep, u, retain_graph=True, create_graph=create_graph)[0]
+            last = k == value_coef.shape[0] - 1 and not neumann
+            u = torch.autograd.grad(gx, x_rep, u, retain_graph=not last or create_graph, create_graph=create_graph)[0]
             value = value + value_coef[k] * (u * v).flatten(1).sum(1)
-            if not create_graph:
+            if neumann:
                 w = w + grad_coef[k].reshape(expand) * u
-        if create_graph:
+        if not neumann:
             return value, value
         jt_w = torch.autograd.grad(gx, x_rep, w.detach(), retain_graph=True, create_graph=True)[0]
         return value.detach(), (jt_w * v).flatten(1).sum(1)
+
+    def _series_value(self, gx: Tensor, x_rep: Tensor, v: Tensor, n: Tensor) -> Tensor:
+        """The estimate per row, no gradient wanted: no surrogate, and the last VJP releases the graph.
+        The series stops early once the terms left (up to each row's drawn N, with their roulette
+        weights) are certainly below half an ulp of every row's running sum (:func:`tail_factors`,
+        :func:`below_half_ulp`, with :meth:`jacobian_bound`): adding them would not change the sum
+        (in exact arithmetic from the last computed term; where no deterministic bound on ‖J_g‖₂
+        exists, every term runs). ``last_series_terms`` records how many ran."""
+        value_coef, _ = self._coefficients(n, gx)
+        total = value_coef.shape[0] - 1
+        tails = tail_factors(value_coef, self.jacobian_bound(), v[0].numel()) if total > 1 else None
+        v_norm = v.flatten(1).double().norm(dim=1)
+        value, u, k = gx.new_zeros(v.shape[0]), v, 0
+        for k in range(1, total + 1):
+            last = k == total
+            u = torch.autograd.grad(gx, x_rep, u, retain_graph=not last)[0]
+            value = value + value_coef[k] * (u * v).flatten(1).sum(1)
+            if not last and tails is not None and below_half_ulp(value, u.flatten(1).double().norm(dim=1) * v_norm * tails[k]):
+                break
+        self.last_series_terms = k
+        return value
+
+    def jacobian_bound(self) -> float:
+        """A deterministic bound on ‖J_g(x)‖₂ at every x: the product of the layers'
+        :meth:`~.lipschitz.LipschitzNormalizer.operator_bound` (every activation has |φ′| ≤ 1);
+        ∞ where a layer's estimate guarantees nothing deterministically."""
+        bound = 1.0
+        for layer in self.layers:
+            bound *= layer.normalizer.operator_bound(layer.unnormalized_weight())
+        return bound
 
     def _exact(self, x: Tensor, params: Sequence[Tensor], need_grad: bool) -> tuple[Tensor, Tensor]:
         """(g(x), log|det(I + J_g)|) by slogdet of the full Jacobian (D backward passes)."""
@@ -454,7 +525,7 @@ class ResidualBlock(Flow):
         if not need_grad:
             with torch.enable_grad():
                 x_rep, gx = self._tiled_g(x.detach().requires_grad_(True), [p.detach() for p in params], v.shape[0] // batch)
-                value, _ = self._series(gx, x_rep, v, n, create_graph=False)
+                value = self._series_value(gx, x_rep, v, n)
             return x + gx[:batch].detach(), self._per_sample(value, batch)
         if self.grad_in_forward:
             gx, logdet = self.in_forward_function.apply(self, v, n, x, *params)
@@ -467,16 +538,23 @@ class ResidualBlock(Flow):
         return x + gx[:batch], logdet
 
     def _draw(self, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Probes (n_samples·batch rows) and per-row draws of N from ``self.generator``."""
+        """Probes (n_samples·batch rows) and per-row draws of N (per ``draw``) from ``self.generator``."""
         rows = self.n_samples * batch
         shape = (rows, *self._shape)
         if self.probe == "gaussian":
             v = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=like.device)
         else:
             v = torch.randint(0, 2, shape, generator=self.generator, device=like.device).to(like.dtype) * 2.0 - 1.0
-        if self.estimator == "roulette":
-            return v, self.sample_n(rows, self.generator)
-        return v, torch.zeros(rows, dtype=torch.long, device=like.device)
+        if self.estimator != "roulette":
+            return v, torch.zeros(rows, dtype=torch.long, device=like.device)
+        return v, self._draw_n(batch, self.generator)
+
+    def _draw_n(self, batch: int, generator: torch.Generator | None) -> Tensor:
+        """The draws of N of one forward of ``batch`` samples (n_samples·batch rows, probe-major):
+        independent per row (``draw="sample"``) or one per probe index repeated over the batch."""
+        if self.draw == "batch":
+            return self.sample_n(self.n_samples, generator).repeat_interleave(batch)
+        return self.sample_n(self.n_samples * batch, generator)
 
     def sample_n(self, count: int, generator: torch.Generator | None = None) -> Tensor:
         """``count`` independent draws of N from the configured p(N) (int64, on the block's device)."""
@@ -557,9 +635,15 @@ class ResidualBlock(Flow):
         return self._draw(int(batch), self._anchor)
 
     def roulette_draws(self, count: int, seed: int) -> Tensor:
-        """``count`` draws of N from a generator seeded with ``seed`` (the sampler the forward uses)."""
+        """``count`` draws of N as forwards make them, from a generator seeded with ``seed``: per sample,
+        the first ``count`` rows of one forward of ``count`` samples; per batch, the shared draw of each
+        probe of successive forwards of two samples (one row of each pair)."""
         generator = torch.Generator(device=self._anchor.device).manual_seed(int(seed))
-        return self.sample_n(int(count), generator)
+        count = int(count)
+        if self.draw == "sample":
+            return self._draw_n(count, generator)[:count]
+        forwards = -(-count // self.n_samples)
+        return torch.cat([self._draw_n(2, generator)[::2] for _ in range(forwards)])[:count]
 
     def normalized_weights(self, spatial: Sequence[int] | None = None) -> dict[str, Tensor]:
         """The effective weights the block applies at ``spatial`` (H, W) (convolutions; default the
@@ -698,17 +782,18 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
 
 
 def configure_logdet(model: nn.Module, *, estimator: str, n_exact_terms: int, n_samples: int = 1,
-                     dist: str = "geometric", dist_param: float = 0.5, neumann_grad: bool = True,
-                     grad_in_forward: bool = True) -> int:
+                     draw: str = "batch", dist: str = "geometric", dist_param: float = 0.5,
+                     neumann_grad: bool = True, grad_in_forward: bool = True) -> int:
     """Set the log-det estimator of every residual block in ``model``; returns how many were set.
 
     ``estimator``: "exact", "series" or "roulette" (module docstring). For the paper's evaluation
     keep "roulette" and call ``model.eval()`` (20 exact terms); for a lower-variance evaluation raise
-    ``n_samples``; for the exact log-density of small inputs use "exact".
+    ``n_samples``; for the exact log-density of small inputs use "exact". ``draw``: N per sample or
+    per batch (module docstring).
     """
     blocks = residual_blocks(model)
     for block in blocks:
-        block.set_logdet(estimator=estimator, n_exact_terms=n_exact_terms, n_samples=n_samples, dist=dist,
+        block.set_logdet(estimator=estimator, n_exact_terms=n_exact_terms, n_samples=n_samples, draw=draw, dist=dist,
                          dist_param=dist_param, neumann_grad=neumann_grad, grad_in_forward=grad_in_forward)
     return len(blocks)
 

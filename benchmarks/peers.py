@@ -61,38 +61,37 @@ Parameters: each side starts from torch's default ``nn.Linear`` initialisation
 those the training rounds moved.
 
 This module lives in the source tree (``benchmarks/`` is not installed); ``flowspec bench peers``
-loads it by path from the repository that holds the ``flowspec.accelerated`` package
-(:func:`flowspec.accelerated.bench.load_peers`).
+loads it by path (:func:`flowspec.bench.load_benchmark`), and it takes its timing and statistics
+from ``benchmarks/timing.py`` the same way.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import importlib
 import importlib.metadata
-import json
-import math
-import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from types import ModuleType
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from flowspec.bench import load_benchmark
+
+timing = load_benchmark("timing")
+LOW_Q, HIGH_Q, MIN_ROUNDS, Summary = timing.LOW_Q, timing.HIGH_Q, timing.MIN_ROUNDS, timing.Summary
+measure, calls_per_measurement, interleaved = timing.measure, timing.calls_per_measurement, timing.interleaved
+round_ratios, verdict, summarize = timing.round_ratios, timing.verdict, timing.summarize
 
 MODELS = ("maf", "spline_autoregressive", "spline_coupling")
 PHASES = ("train", "density", "sample")
 PEERS = ("zuko", "nflows")
 VALIDATION = ("off", "on")
 DIMS = (8, 16)
-MIN_ROUNDS = 10
-LOW_Q, HIGH_Q = 0.10, 0.90
 LR = 1e-3
 TRAIN_PARTS = ("forward+log_prob", "backward", "adam")
 INSTALL_HINT = "pip install 'flowspec[peers]'"
@@ -351,85 +350,6 @@ def train_parts(contender: Contender, x: Tensor, sync: Callable[[], None] = lamb
     return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
-# ----------------------------------------------------------------------------- timing
-
-def _sync_for(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-
-
-def measure(fn: Callable[[], None], number: int, sync: Callable[[], None]) -> float:
-    """Mean seconds of ``number`` calls of ``fn`` (garbage collection off, as timeit does)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        sync()
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        sync()
-        return (time.perf_counter() - start) / number
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def calls_per_measurement(seconds: float, min_time: float, cap: int = 1000) -> int:
-    """How many calls make one measurement of at least ``min_time`` for a call of ``seconds``."""
-    return max(1, min(cap, math.ceil(min_time / max(seconds, 1e-9))))
-
-
-def interleaved(calls: dict[str, Callable[[], None]], rounds: int, min_time: float,
-                sync: Callable[[], None] = lambda: None, warmup: int = 2) -> dict[str, list[float]]:
-    """Per-call seconds of every call in ``rounds`` rounds, each round timing every call once in a
-    rotating order, after ``warmup`` untimed calls each."""
-    names = list(calls)
-    for name in names:
-        for _ in range(warmup):
-            calls[name]()
-    number = calls_per_measurement(min(measure(calls[n], 1, sync) for n in names), min_time)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(measure(calls[name], number, sync))
-    return times
-
-
-# ----------------------------------------------------------------------------- statistics
-
-@dataclass(frozen=True)
-class Summary:
-    """Median ratio over rounds, its 10th–90th percentile spread, and the verdict."""
-
-    median: float
-    low: float
-    high: float
-    verdict: str
-
-
-def round_ratios(peer: Sequence[float], flowspec: Sequence[float]) -> list[float]:
-    """peer time / flowspec time, round by round (> 1: flowspec faster)."""
-    if len(peer) != len(flowspec):
-        raise ValueError(f"{len(peer)} peer rounds against {len(flowspec)} flowspec rounds")
-    return [p / f for p, f in zip(peer, flowspec)]
-
-
-def verdict(low: float, high: float) -> str:
-    """met: the whole spread ≥ 1.0; missed: the whole spread < 1.0; unclear: it straddles 1.0."""
-    if low >= 1.0:
-        return "met"
-    if high < 1.0:
-        return "missed"
-    return "unclear"
-
-
-def summarize(ratios: Sequence[float]) -> Summary:
-    """The median of the per-round ratios, their 10th and 90th percentiles, and the verdict."""
-    if not ratios:
-        raise ValueError("no rounds to summarise")
-    low, median, high = np.percentile(np.asarray(ratios, dtype=float), [100 * LOW_Q, 50, 100 * HIGH_Q])
-    return Summary(float(median), float(low), float(high), verdict(float(low), float(high)))
-
-
 def faster_peer(peer_times: dict[str, Sequence[float]]) -> str | None:
     """The peer with the lowest median time, or None when no peer was timed."""
     return min(peer_times, key=lambda n: float(np.median(peer_times[n])), default=None)
@@ -507,7 +427,7 @@ def run_case(arch: Arch, phases: Sequence[str], peers: Sequence[str], rounds: in
     """All rows of ``arch``: each phase on freshly built contenders (so that density and sampling
     see the initial parameters, not those of the training rounds), then a breakdown of missed rows."""
     x = batch(arch, device)
-    sync = _sync_for(device)
+    sync = timing.sync_for(device)
     rows = []
     for phase in phases:
         contenders, notes = build_contenders(arch, peers, device)
@@ -537,27 +457,13 @@ def train_breakdown(contenders: dict[str, Contender], names: Sequence[str], x: T
     return {n: dict(zip(TRAIN_PARTS, map(float, np.median(np.asarray(p), axis=0)))) for n, p in parts.items()}
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 to /dev/null: torch's profiler logs its start and stop there from C++."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def top_operators(calls: dict[str, Callable[[], object]], calls_each: int = 10, top: int = 5) -> dict[str, dict[str, float]]:
     """The ``top`` torch operators by self CPU time per call (seconds), per contender (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
     out = {}
     for name, fn in calls.items():
-        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        with timing.quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(calls_each):
                 fn()
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
@@ -643,7 +549,8 @@ def _header(args: argparse.Namespace) -> dict[str, Any]:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"versions": versions, "threads": torch.get_num_threads(), "device": args.device,
+    return {"versions": versions, "hardware": timing.hardware(args.device),
+            "threads": torch.get_num_threads(), "device": args.device,
             "rounds": args.rounds, "min_time_s": args.min_time, "batch": args.batch,
             "spread": f"{LOW_Q:.0%}-{HIGH_Q:.0%} percentiles of per-round ratios", "dtype": "float32"}
 
@@ -658,6 +565,7 @@ def run_command(args: argparse.Namespace) -> int:
     header = _header(args)
     print(f"flowspec bench peers: {', '.join(f'{k} {v}' for k, v in header['versions'].items())}; "
           f"{header['threads']} thread(s), {args.device}, float32, batch {args.batch}")
+    print(f"hardware: {timing.describe_hardware(header['hardware'])}")
     print(f"{args.rounds} interleaved rounds; ratio = peer time / flowspec time (> 1: flowspec faster), median "
           f"[{header['spread']}]; verdict vs the faster peer: met if p10 ≥ 1, missed if p90 < 1, else unclear\n")
     rows: list[Row] = []
@@ -671,18 +579,13 @@ def run_command(args: argparse.Namespace) -> int:
     breakdowns = format_breakdowns(rows)
     if breakdowns:
         print("\n" + breakdowns)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(to_json(rows, header), f, indent=1)
-        print(f"wrote {args.json}")
+    timing.write_json(args.json, to_json(rows, header) if args.json else None)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python benchmarks/peers.py [options]``, the same as ``flowspec bench peers``."""
-    parser = argparse.ArgumentParser(prog="peers", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run_command(parser.parse_args(argv))
+    return timing.script_main("peers", __doc__, add_arguments, run_command, argv)
 
 
 if __name__ == "__main__":

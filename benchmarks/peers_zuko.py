@@ -87,7 +87,7 @@ MODELS = {
 def build_flowspec(model: Model, dim: int) -> peers.Contender:
     """``sequential`` of the kind and ``reverse_permutation`` (one ``cnf``), validation off."""
     from flowspec import reference
-    from flowspec.accelerated import FlowDistribution, from_spec
+    from flowspec.accelerated import from_spec
     from flowspec.conformance.seeding import rng
     from flowspec.reference.sequential import sequential_spec
 

@@ -2,8 +2,8 @@
 
 The generic properties run on specs with ``logdet="exact"`` (the forward's log-det is then
 deterministic and comparable). Every estimator option is an axis of the strategies here
-(:func:`estimator_configs`: estimator, n_exact_terms, eval_exact_terms, n_samples, p(N) and its
-parameter, probe, neumann_grad, grad_in_forward; the layout's activation, coeff up to 0.99, MLP norm
+(:func:`estimator_configs`: estimator, n_exact_terms, eval_exact_terms, n_samples, the draw of N per
+sample or per batch, p(N) and its parameter, probe, neumann_grad, grad_in_forward; the layout's activation, coeff up to 0.99, MLP norm
 orders 2, 1, ∞, mixed and learned, conv kernel sizes 1, 3 and 5), and every mode-dependent path is
 drawn in each mode it has (``mode``: training or evaluation, where m = max(n_exact_terms,
 eval_exact_terms)). The properties hold the stochastic estimators to the reference
@@ -12,7 +12,9 @@ eval_exact_terms)). The properties hold the stochastic estimators to the referen
 1. ``roulette_estimate_exact`` (white-box, hook ``logdet_estimate``): in either mode, est(v, n)
    equals the reference's for every n ≤ M, and the exact finite identity Σ p(n)·est(v, n) +
    P(N > M)·est(v, M) = S_{m+M}(v) holds for both; ``roulette_sampler_fits`` (hook
-   ``roulette_draws``): the implementation's draws of N fit p(N) exactly.
+   ``roulette_draws``): the draws of N that the implementation's forwards make fit p(N) exactly, in
+   either draw mode (per sample: the rows of one forward; per batch: the shared draw of each forward);
+   ``logdet_forward_exact`` checks that a per-batch forward shares its draw across a batch.
 2. ``logdet_forward_exact`` (white-box, hook ``logdet_noise`` and ``reseed``): the *forward's* value
    — on every value path (under no_grad; with gradients recorded, as a training loss is, through the
    Neumann surrogate or the series, with or without backward-in-forward), in both modes, averaged
@@ -61,6 +63,7 @@ from .tolerances import EPS, condition_number, tolerance
 KINDS = ("residual_mlp", "residual_conv")
 DRAWS_CHECKED = 6  # est(v, n) is compared for n = n_min, …, n_min + DRAWS_CHECKED
 SAMPLER_DRAWS = 20000
+SHARING_BATCH = 32  # a forward's batch in the check that a per-batch draw is shared
 
 # ----------------------------------------------------------------------------- axes
 
@@ -94,7 +97,7 @@ PATHS = {f"{mode}/{path}": (mode == "training",) + GRAD_PATHS[path] for mode, pa
     ("evaluation", "grad/neumann/in_forward"), ("evaluation", "grad/series"))}
 declare_axes(KINDS, activation=ACTIVATIONS, coeff=COEFFS, estimator=STOCHASTIC, dist=R.DISTRIBUTIONS,
              geometric_q=DIST_PARAMS["geometric"], poisson_mean=DIST_PARAMS["poisson"], n_exact_terms=EXACT_TERMS,
-             eval_exact_terms=EVAL_EXACT_TERMS, n_samples=SAMPLE_COUNTS, probe=R.PROBES, neumann_grad=BOOLS,
+             eval_exact_terms=EVAL_EXACT_TERMS, n_samples=SAMPLE_COUNTS, draw=R.DRAWS, probe=R.PROBES, neumann_grad=BOOLS,
              grad_in_forward=BOOLS, mode=MODES, gradient_path=tuple(GRAD_PATHS), forward_path=tuple(PATHS))
 declare_axes(KINDS, depth=DEPTHS)
 declare_axes("residual_mlp", orders=ORDERS, mixed_order=tuple(ORDER_VALUES), dim=range(1, 7))
@@ -150,7 +153,7 @@ def estimator_settings(draw, estimators: tuple[str, ...] = STOCHASTIC, fixed: fr
     param = draw(axis("geometric_q" if dist == "geometric" else "poisson_mean", DIST_PARAMS[dist]))
     terms = EXACT_TERMS if estimator == "roulette" else EXACT_TERMS[1:]  # the series needs a term
     options = {"n_exact_terms": terms, "eval_exact_terms": EVAL_EXACT_TERMS, "n_samples": SAMPLE_COUNTS,
-               "probe": R.PROBES, "neumann_grad": BOOLS, "grad_in_forward": BOOLS}
+               "draw": R.DRAWS, "probe": R.PROBES, "neumann_grad": BOOLS, "grad_in_forward": BOOLS}
     drawn = {key: draw(axis(key, values)) for key, values in options.items() if key not in fixed}
     return {"logdet": estimator, "dist": dist, "dist_param": param, **drawn}
 
@@ -253,8 +256,10 @@ def roulette_estimate_exact(ctx: CheckContext) -> None:
 
 @prop("roulette_sampler_fits", requires=["black_box", "roulette_draws"], kinds=KINDS)
 def roulette_sampler_fits(ctx: CheckContext) -> None:
-    """The implementation's draws of N fit the named p(N) (geometric from 1, Poisson from 0): every
-    draw in the support and each count within its exact binomial law (false alarm ≤ 1e-6 per test)."""
+    """The draws of N that the implementation's forwards make (hook ``roulette_draws``: per sample, the
+    rows of one forward; per batch, one shared draw per forward and probe) fit the named p(N)
+    (geometric from 1, Poisson from 0): every draw in the support and each count within its exact
+    binomial law (false alarm ≤ 1e-6 per test). Both draw modes are an axis of the configs."""
     spec = _spec(ctx, roulette_configs(ctx.kind))
     seed = ctx.draw(SEEDS, "sampler seed")
     draws = np.asarray(ctx.adapter.call_hook(ctx.instantiate(spec), "roulette_draws", SAMPLER_DRAWS, seed))
@@ -281,6 +286,20 @@ def _check_noise(ctx: CheckContext, spec: FlowSpec, v: np.ndarray, n: np.ndarray
         ctx.require(bool(np.all(n >= R.roulette_of(spec.config).support_min)), f"draws of N below the support: {n}")
 
 
+def _check_sharing(ctx: CheckContext, spec: FlowSpec) -> None:
+    """The spec as a roulette with per-batch draws shares each probe's N across a batch of
+    :data:`SHARING_BATCH` samples (which per-sample draws all match with probability at most
+    max p(n)^(SHARING_BATCH − 1) < 1e-4). Checked on every example whatever the drawn estimator and
+    draw, so that the pairing of those two axes cannot leave the per-batch roulette unchecked."""
+    config = {**spec.config, "logdet": "roulette", "draw": "batch"}
+    flow = ctx.load(FlowSpec(spec.kind, config, spec.params))
+    _, n = ctx.adapter.call_hook(flow, "logdet_noise", SHARING_BATCH)
+    per_probe = np.rint(np.asarray(n)).astype(int).reshape(-1, SHARING_BATCH)
+    ctx.require(bool(np.all(per_probe == per_probe[:, :1])),
+                f"draw='batch' must share each probe's N across the batch; a forward of {SHARING_BATCH} drew "
+                f"{per_probe.tolist()}")
+
+
 @prop("logdet_forward_exact", requires=["white_box", "grad", "train_eval", "reseed", "logdet_noise"], kinds=KINDS)
 def logdet_forward_exact(ctx: CheckContext) -> None:
     """The forward's log-det along every value path (axis ``gradient_path``: under no_grad or with
@@ -297,6 +316,7 @@ def logdet_forward_exact(ctx: CheckContext) -> None:
     x = ctx.draw_input(spec, batch=BATCH)
     flow = ctx.load(spec)
     seed = ctx.draw(SEEDS, "noise seed")
+    _check_sharing(ctx, spec)
     for training in (True, False):
         ctx.adapter.set_training(flow, training)
         _check_forward_noise(ctx, spec, flow, x, seed, grad, training, path)
@@ -349,7 +369,10 @@ declare_axes("residual_conv", statistical_shape=STAT_SHAPES["residual_conv"])
 def statistical_configs(kind: str) -> st.SearchStrategy:
     """Configs of the statistical test (see :func:`check_unbiased`): two layers at
     coeff 0.8 and a geometric p(N) with q = 0.3, so that ρ(J_g) ≤ 0.64 < 1 − q; a few exact terms,
-    small events (the Hutchinson variance grows with D)."""
+    small events (the Hutchinson variance grows with D). N is drawn per sample: the test treats a
+    forward's outputs as independent, which per-batch draws are not (they share N); a per-batch
+    draw gives each output the same law, which ``roulette_sampler_fits`` and ``logdet_forward_exact``
+    hold to the reference."""
     @st.composite
     def build(draw) -> dict:
         estimator, probe = draw(axis("statistical_estimator", STAT_ESTIMATORS)).split("/")
@@ -359,7 +382,7 @@ def statistical_configs(kind: str) -> st.SearchStrategy:
                 "dist": "geometric", "dist_param": STAT_Q,
                 "n_exact_terms": draw(axis("n_exact_terms", STAT_EXACT_TERMS[estimator])),
                 "eval_exact_terms": STAT_EVAL_EXACT_TERMS, "n_samples": draw(axis("n_samples", STAT_SAMPLE_COUNTS)),
-                "probe": probe}
+                "draw": "sample", "probe": probe}
     return build()
 
 

@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 # Modules that add a subcommand through add_parser(subparsers); each sets ``func`` on its parser.
-EXTENSIONS = ("flowspec.accelerated.bench", "flowspec.accelerated.trainer", "flowspec.conformance.catalogue")
+EXTENSIONS = ("flowspec.bench", "flowspec.accelerated.trainer", "flowspec.conformance.catalogue")
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -56,6 +56,15 @@ computes exactly what each choice estimates:
   sub-gamma constants of one estimate (:func:`concentration`, finite when ρ(J_g) < 1 − q) are what
   the suite's statistical test is built from.
 * ``n_samples``: the forward's estimate is the mean of that many independent (probe, N) estimates.
+* ``draw`` (roulette): how a forward draws N. ``"sample"``: independently for every sample and
+  probe (a sample's estimate does not depend on its batch; a batch then costs its largest N).
+  ``"batch"``: one N per probe index, shared by every sample of the batch (the official code's
+  choice; a batch costs that N). Each sample's estimate has the same law either way, so both are
+  unbiased with the same per-sample variance; they differ in the variance of the *batch mean*,
+  which per-batch draws do not average over N: Var_N(E_v[est | N]) (bounded by
+  ``VarianceReport.n_variance_upper``) stays in it whatever the batch size. The default is
+  ``"batch"``: at the App. E settings it gave the lower variance of the batch mean per second of
+  computing it (``flowspec bench residual`` measures both).
 * ``inverse_rtol`` r (default 32ε/(1 − L), L = coeff^layers): the inverse returns x̂ with
   ‖x̂ − f⁻¹(y)‖₂ ≤ L·r·max(‖y‖₂, 1) up to rounding, when its iteration converged and L bounds Lip(g)
   in the 2-norm (p_0 = 2); ``inverse_max_iter`` caps the iteration (then ``ConvergenceError``).
@@ -85,6 +94,7 @@ from .norms import spectral_norm
 FAMILY = "residual"
 KINDS = ("residual_mlp", "residual_conv")
 ESTIMATORS = ("exact", "series", "roulette")
+DRAWS = ("sample", "batch")
 DISTRIBUTIONS = ("geometric", "poisson")
 PROBES = ("gaussian", "rademacher")
 
@@ -96,6 +106,7 @@ DEFAULTS: dict[str, Any] = {
     "n_exact_terms": 2,
     "eval_exact_terms": 20,
     "n_samples": 1,
+    "draw": "batch",
     "dist": "geometric",
     "dist_param": 0.5,
     "probe": "gaussian",
@@ -232,6 +243,7 @@ def check_config(config: Mapping[str, Any], conv: bool) -> None:
     _count(config, "max_iter", 1)
     _count(config, "inverse_max_iter", 1)
     _choice(config, "probe", PROBES)
+    _choice(config, "draw", DRAWS)
     roulette_of(config)
     for key in ("neumann_grad", "grad_in_forward"):
         if not isinstance(setting(config, key), bool):

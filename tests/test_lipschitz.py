@@ -13,7 +13,7 @@ from flowspec.accelerated.lipschitz import (
     conv_norm_bound, conv_operator_matrix, general_power_method, norm_reports, refresh_norms,
 )
 from flowspec.accelerated.power_iteration import (
-    PROBE_STEPS, exact_tolerance, exact_top_pair, probe_failure_probability, probe_tolerance,
+    PROBE_STEPS, exact_tolerance, exact_top_pair, probe, probe_failure_probability, probe_tolerance,
 )
 from flowspec.conformance.lipschitz import Claim, NormLedger, exceedance_limit
 from flowspec.conformance.property import PropertyFailure
@@ -174,22 +174,21 @@ def _swapped(matrix: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(6, 9), (9, 6)])
 def test_exact_path_follows_a_swapped_top_pair(dtype: torch.dtype, shape: tuple[int, int]) -> None:
-    """σ₂/σ₁ = 0.999 and the estimate settled (a warm start certified); then the top pair swaps in
-    place. The warm start's certificate fails and the eigendecomposition finds the new top: the gap
-    stays within the report's deterministic tolerance (a warm start alone stays on the old
-    pair, and its singular-pair residual is small)."""
+    """σ₂/σ₁ = 0.999 and the estimate settled; then the top pair swaps in place. The old top vectors
+    are now singular vectors of the second pair (a warm power iteration stays on them, its
+    singular-pair residual small); the exact path finds the new top, within its deterministic
+    tolerance, in training mode as in evaluation."""
     layer = LipschitzLinear(shape[1], shape[0], 0.9).to(dtype)
     weight = _near_degenerate(*shape, 0.999, f"swap{shape}")
     with torch.no_grad():
         layer.raw_weight.copy_(torch.as_tensor(2.0 * weight))
     layer.effective_weight()
-    layer.effective_weight()
-    assert layer.normalizer.last_report.method == "certified"
     with torch.no_grad():
         layer.raw_weight.copy_(torch.as_tensor(2.0 * _swapped(weight)))
     applied = layer.effective_weight().detach().double().numpy()
     report = layer.normalizer.last_report
     assert report.method == "exact" and report.failure_probability == 0.0
+    assert report.tolerance == exact_tolerance(*shape, dtype)
     assert float(spectral_norm(applied)) / 0.9 - 1.0 <= report.tolerance
 
 
@@ -224,7 +223,7 @@ def test_probe_bound_is_kuczynski_wozniakowski() -> None:
 
 def test_exact_tolerance_covers_the_rounding() -> None:
     """On random and near-degenerate matrices in both dtypes the exact path's gap is below its bound."""
-    for key, ratio in [("random", None), ("degenerate", 0.9999)]:
+    for key, ratio in [("random", None), ("degenerate", 0.9999), ("tied", 1.0), ("within the shift", 1.0 - 1e-9)]:
         matrix = (rng("lipschitz-test", key).standard_normal((30, 20)) if ratio is None
                   else _near_degenerate(30, 20, ratio, key))
         for dtype in (torch.float32, torch.float64):
@@ -233,6 +232,32 @@ def test_exact_tolerance_covers_the_rounding() -> None:
             assert 1.0 - applied / float(spectral_norm(matrix)) <= report.tolerance
             assert report.tolerance == exact_tolerance(30, 20, dtype)
             assert report.tolerance <= tolerance("norm_bound", str(dtype).removeprefix("torch."), 1)  # the suite's cap
+
+
+def test_exact_top_pair_of_a_zero_matrix() -> None:
+    sigma, u, v, report = exact_top_pair(torch.zeros(5, 3, dtype=torch.float64))
+    assert float(sigma) == 0.0 and report.method == "exact" and torch.isfinite(u).all() and torch.isfinite(v).all()
+
+
+def test_probe_keeps_the_warm_vector() -> None:
+    """The probe with ``keep``: Rayleigh–Ritz on its Krylov space plus the warm vector is at least the
+    plain probe from the same random start and at least ‖W·keep‖; kept exact top vectors give the
+    norm to rounding, even with a 3-step Krylov space that alone falls short (σ₂/σ₁ = 0.999). The
+    stated failure probability stays that of the 3 random Krylov steps: the kept vector is not random."""
+    matrix = torch.as_tensor(_near_degenerate(60, 50, 0.999, "keep"))
+    norm = float(spectral_norm(matrix.numpy()))
+    matvec, rmatvec = (lambda v: matrix @ v), (lambda u: matrix.T @ u)
+    warm = torch.as_tensor(rng("lipschitz-test", "keep-start").standard_normal(50))
+    top = torch.as_tensor(np.linalg.svd(matrix.numpy())[2][0])
+    for keep in (warm, top):
+        _seed("keep")
+        plain = float(probe(matvec, rmatvec, warm, steps=3, tolerance=0.5)[0])
+        _seed("keep")
+        sigma, u, v, report = probe(matvec, rmatvec, warm, steps=3, tolerance=0.5, keep=keep)
+        assert float(sigma) >= max(plain, float((matrix @ keep).norm() / keep.norm())) * (1.0 - 1e-12)
+        assert float(u @ matrix @ v) == pytest.approx(float(sigma), rel=1e-12) and report.iterations == 4
+        assert report.failure_probability == probe_failure_probability(50, 3, 0.5)  # the random space's alone
+    assert plain < norm * (1.0 - 1e-6) and float(sigma) == pytest.approx(norm, rel=1e-12)
 
 
 @pytest.mark.parametrize("kernel", [1, 3])

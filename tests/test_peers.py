@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowspec.accelerated import bench
+from flowspec import bench
 from flowspec.cli import build_parser, main
 from flowspec.errors import ConfigError
 
-peers = bench.load_peers()
+peers = bench.load_benchmark("peers")
 
 TINY = {"hidden": (8, 8), "bins": 3, "batch": 16}
 
@@ -198,10 +198,11 @@ def test_bench_peers_prints_the_table_and_writes_json(tmp_path, capsys):
 
 
 def test_without_the_source_tree_the_command_says_why(monkeypatch, tmp_path):
-    monkeypatch.delitem(sys.modules, bench.PEERS_MODULE)
-    with pytest.raises(ConfigError, match="needs the source checkout's benchmarks/peers.py"):
-        bench.load_peers(tmp_path / "benchmarks" / "peers.py")
-    monkeypatch.setattr(bench, "PEERS_SCRIPT", Path(tmp_path / "benchmarks" / "peers.py"))
+    monkeypatch.delitem(sys.modules, bench.MODULE_PREFIX + "peers")
+    monkeypatch.delenv(bench.FOLDER_VARIABLE, raising=False)
+    monkeypatch.setattr(bench, "BENCHMARKS", tmp_path / "benchmarks")
+    with pytest.raises(ConfigError, match="benchmarks/peers.py of the source checkout is not at"):
+        bench.load_benchmark("peers")
     assert main(["bench", "peers"]) == 2
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -10,13 +11,17 @@ import torch
 from flowspec import reference
 from flowspec.accelerated import from_spec, memory
 from flowspec.accelerated.distribution import FlowDistribution
-from flowspec.accelerated.residual import ResidualConv, ResidualMLP, configure_logdet, make_model, residual_blocks
+from flowspec.accelerated.lipschitz import LipschitzNormalizer
+from flowspec.accelerated.residual import (
+    ResidualConv, ResidualMLP, below_half_ulp, configure_logdet, make_model, residual_blocks, tail_factors,
+)
 from flowspec.conformance import residual as suite, stats
 from flowspec.conformance.property import CheckContext, Inconclusive
 from flowspec.conformance.seeding import rng, seed_for
 from flowspec.conformance.tolerances import assert_close
 from flowspec.errors import ConfigError, ConvergenceError
 from flowspec.reference import residual as R
+from flowspec.reference.norms import conv_matrix
 from flowspec.spec import FlowSpec
 
 MLP = {"shape": [3], "hidden": [6], "coeff": 0.9}
@@ -390,3 +395,122 @@ def test_learned_orders_travel_with_the_spec() -> None:
     assert p > 1.5 and p < 2.5 and q > 1.5 and q < 2.5
     with pytest.raises(ConfigError, match="learn_orders"):
         ResidualMLP([3], [], learn_orders=True)
+
+
+# ----------------------------------------------------------------------------- early stop of the evaluation series
+
+def test_tail_factors_bound_the_weighted_terms_left() -> None:
+    """S[k] = Σ_{j>k} |c_j|·L^{j−k} per row (with its rounding factor), rows whose N ended earlier
+    included; no factor without a finite L."""
+    coef = torch.as_tensor(rng("residual-test", "tails").standard_normal((8, 3)))
+    coef[6:, 0] = 0.0
+    tails = tail_factors(coef, 0.7, 5)
+    for k in range(8):
+        powers = torch.tensor([0.7 ** (j - k) for j in range(k + 1, 8)], dtype=torch.float64)
+        brute = (coef[k + 1:].abs() * powers[:, None]).sum(0) * (1.0 + 7 * torch.finfo(torch.float64).eps)
+        torch.testing.assert_close(tails[k], brute, rtol=1e-13, atol=0)
+    assert tail_factors(coef, math.inf, 5) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_below_half_ulp_is_where_an_addition_cannot_change_the_sum(dtype: torch.dtype) -> None:
+    """Just below half the downward gap, adding or subtracting leaves every total unchanged; at it,
+    or above it below half the upward gap of a power of two, the check refuses."""
+    totals = torch.tensor([1.0, -3.0, 0.75, 1e-3, -2.0, 1e-30], dtype=dtype)
+    down = (totals.abs() - torch.nextafter(totals.abs(), torch.zeros_like(totals))).double()
+    below = down / 2 * (1.0 - 1e-6)
+    assert below_half_ulp(totals, below)
+    for sign in (1.0, -1.0):
+        assert torch.equal(totals + sign * below.to(dtype), totals)
+    assert not below_half_ulp(totals, down / 2)
+    one = torch.ones(1, dtype=dtype)
+    above = 0.6 * float(torch.nextafter(one, 2 * one) - one) / 2  # above half the gap below 1
+    assert not below_half_ulp(one, torch.tensor([above], dtype=torch.float64))
+    assert not torch.equal(one - torch.tensor(above, dtype=dtype), one)
+    assert below_half_ulp(torch.zeros(1, dtype=dtype), torch.zeros(1, dtype=torch.float64))
+    assert not below_half_ulp(torch.zeros(1, dtype=dtype), torch.full((1,), 1e-300, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["residual_mlp", "residual_conv"])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_jacobian_bound_holds_at_random_inputs(kind: str, scale: float) -> None:
+    """‖J_g(x)‖₂ (autograd Jacobian) ≤ jacobian_bound ≤ coeff^L (to rounding), also where the
+    constraint binds (weights × 100)."""
+    spec = _spec(kind, "jacobian-bound")
+    flow = from_spec(spec).eval()
+    with torch.no_grad():
+        for layer in flow.layers:
+            layer.raw_weight.mul_(scale)
+    x = torch.as_tensor(_x(spec, "jacobian-bound", 3))
+    flow(x)
+    bound = flow.jacobian_bound()
+    assert bound <= flow.lipschitz_bound * (1.0 + 1e-9)
+    for xi in x:
+        jac = torch.autograd.functional.jacobian(lambda t: flow(t[None])[0][0] - t, xi)
+        assert float(torch.linalg.matrix_norm(jac.reshape(xi.numel(), xi.numel()), 2)) <= bound
+
+
+def test_a_probed_norm_gives_no_deterministic_bound() -> None:
+    """A matrix above ``exact_max_dim`` is probed (failure probability > 0): no bound, no early stop;
+    a convolution's frequency-domain bound holds whatever its estimate."""
+    linear = LipschitzNormalizer((6, 5), 0.9, exact_max_dim=2).double()
+    weight = torch.as_tensor(rng("residual-test", "probed").standard_normal((6, 5)))
+    linear(weight)
+    assert linear.guarantee()["failure_probability"] > 0 and linear.operator_bound(weight) == math.inf
+    conv = LipschitzNormalizer((3, 2, 3, 3), 0.9, operator="conv", exact_max_dim=2).double()
+    kernel = torch.as_tensor(rng("residual-test", "probed-conv").standard_normal((3, 2, 3, 3)))
+    conv(kernel, (5, 5))
+    effective = conv(kernel, (5, 5)).detach().numpy()
+    norm = float(np.linalg.norm(conv_matrix(effective, (2, 5, 5)), 2))
+    assert norm <= conv.operator_bound(kernel) <= 1.5 * norm
+
+def _early_and_full(flow: ResidualMLP | ResidualConv, x: torch.Tensor, key: str,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[list[torch.Tensor], list[int]]:
+    """The no-grad log-det estimates and terms run with the early stop and without it (no bound on
+    ‖J_g‖₂), after the same seeding."""
+    estimates, terms = [], []
+    for bound in (flow.jacobian_bound, lambda: math.inf):
+        monkeypatch.setattr(flow, "jacobian_bound", bound)
+        flow.generator = torch.Generator().manual_seed(seed_for("residual-test", key))
+        with torch.no_grad():
+            estimates.append(flow(x)[1])
+        terms.append(flow.last_series_terms)
+    return estimates, terms
+
+
+@pytest.mark.parametrize("kind", ["residual_mlp", "residual_conv"])
+@pytest.mark.parametrize("draw", ["sample", "batch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_evaluation_series_stops_early_without_changing_the_estimate(
+        kind: str, draw: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit-identical to the full series, with fewer terms where the weights are small (0.05 × a
+    reference initialisation) and all of them without a deterministic bound."""
+    spec = _spec(kind, "early-stop", logdet="roulette", draw=draw)
+    flow = from_spec(spec).to(dtype).eval()
+    with torch.no_grad():
+        for layer in flow.layers:
+            layer.raw_weight.mul_(0.05)
+    x = torch.as_tensor(_x(spec, "early-stop", 16)).to(dtype)
+    flow(x)
+    estimates, terms = _early_and_full(flow, x, "early-stop", monkeypatch)
+    assert torch.equal(estimates[0], estimates[1])
+    assert terms[0] < 10 < 20 <= terms[1]
+
+
+def test_the_early_stop_counts_the_roulette_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block whose Jacobian is 0.3·I (identity activation, weights √0.3·I): every term decays at
+    exactly the bound's rate, and with no exact terms in evaluation the roulette weights
+    1/P(N ≥ k) = 1.25^(k−1) (q = 0.2) decide where the stop may come. Still bit-identical in float32,
+    and a stop rule that dropped the weights would stop at term 13 and change the sums by 3.6e-7."""
+    spec = reference.init_spec("residual_mlp", {
+        "shape": [3], "hidden": [3], "coeff": 0.9, "activation": "identity", "logdet": "roulette", "draw": "sample",
+        "eval_exact_terms": 0, "n_exact_terms": 1, "dist_param": 0.2}, rng("residual-test", "weighted-stop"))
+    flow = from_spec(spec).float().eval()
+    with torch.no_grad():
+        for layer in flow.layers:
+            layer.raw_weight.copy_(math.sqrt(0.3) * torch.eye(3))
+    x = torch.as_tensor(_x(spec, "weighted-stop", 256)).float()
+    flow(x)
+    assert flow.jacobian_bound() == pytest.approx(0.3, rel=1e-5)
+    estimates, terms = _early_and_full(flow, x, "weighted-stop", monkeypatch)
+    assert torch.equal(estimates[0], estimates[1]) and 13 < terms[0] < terms[1]

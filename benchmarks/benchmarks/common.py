@@ -6,12 +6,19 @@
 * A benchmark whose flow family is missing from the commit under test (``asv continuous`` against
   an older commit) is skipped, unless ``FLOWSPEC_BENCH_STRICT=1``, which the smoke check sets so
   that a missing family at HEAD is an error.
+* The comparison scripts of ``benchmarks/`` (``compare.py``, ``timing.py``) are loaded through
+  :func:`flowspec.bench.load_benchmark` (:func:`require_benchmark`) from the folder above this
+  suite (``FLOWSPEC_BENCHMARKS``): asv installs each commit's flowspec from a wheel, which has no
+  checkout around it. A commit without ``flowspec.bench``, or without a module the script imports,
+  skips the benchmark (an error in strict mode).
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("FLOWSPEC_BENCHMARKS", str(Path(__file__).resolve().parents[1]))
 
 import importlib  # noqa: E402  (after the thread setting, before torch)
 from types import ModuleType  # noqa: E402
@@ -41,6 +48,19 @@ def require(module: str) -> ModuleType:
         if _flag("FLOWSPEC_BENCH_STRICT") or not module.startswith(exc.name or "\0"):
             raise
         raise NotImplementedError(f"{module} does not exist in this commit") from exc
+
+
+def require_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` through ``flowspec.bench.load_benchmark``; skip the
+    benchmark if this commit lacks ``flowspec.bench`` or a flowspec module the script imports (an
+    error in strict mode)."""
+    bench = require("flowspec.bench")
+    try:
+        return bench.load_benchmark(name)
+    except ModuleNotFoundError as exc:
+        if _flag("FLOWSPEC_BENCH_STRICT") or not (exc.name or "").startswith("flowspec"):
+            raise
+        raise NotImplementedError(f"benchmarks/{name}.py needs {exc.name}, which this commit lacks") from exc
 
 
 def require_kind(kind: str, *, layer: str = "accelerated") -> None:

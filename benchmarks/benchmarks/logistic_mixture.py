@@ -7,9 +7,9 @@ Newton solve (about ten passes of the map over all entries); the batch of 512 ke
 10–300 ms on one core.
 
 ``track_forward_ratio_to_affine`` reports t(mixture forward + log-det) / t(affine forward +
-log-det) for the same D, batch and conditioner, both timed interleaved
-(:func:`flowspec.accelerated.bench.time_calls`, medians) so that load on a shared machine affects
-both alike. Both layers transform D/2 entries, so it is also the ratio per transformed entry; it
+log-det) for the same D, batch and conditioner, both timed in interleaved rounds
+(``benchmarks/timing.py``: the median of the per-round ratios) so that load on a shared machine
+affects both alike. Both layers transform D/2 entries, so it is also the ratio per transformed entry; it
 includes the conditioner's wider last layer (3K + 2 = 14 outputs per entry against 2).
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from .common import require
+from .common import require_benchmark
 from .flows import _Family
 
 MIXTURE = {"components": 4}
-RATIO_REPEATS, RATIO_WARMUP = 15, 3
+RATIO_ROUNDS, RATIO_WARMUP = 15, 3
 
 
 class LogisticMixtureCoupling(_Family):
@@ -45,11 +45,11 @@ class LogisticMixtureCoupling(_Family):
         return flow
 
     def track_forward_ratio_to_affine(self, d: int) -> float:
-        bench = require("flowspec.accelerated.bench")
+        timing = require_benchmark("timing")
         affine = self._affine(d)
         with torch.no_grad():
-            mixture_s, affine_s = bench.time_calls([lambda: self.flow(self.x), lambda: affine(self.x)], "cpu",
-                                                   repeats=RATIO_REPEATS, warmup=RATIO_WARMUP)
-        return mixture_s / affine_s
+            times = timing.interleaved({"mixture": lambda: self.flow(self.x), "affine": lambda: affine(self.x)},
+                                       RATIO_ROUNDS, 0.0, warmup=RATIO_WARMUP)
+        return timing.summarize(timing.round_ratios(times["mixture"], times["affine"])).median
 
     track_forward_ratio_to_affine.unit = "ratio"

@@ -1,12 +1,16 @@
 """Residual flow vs QuAR flow of the same architecture: training step, evaluation, forward and inverse.
 
-The models and phases are those of ``flowspec bench compare`` (:mod:`flowspec.accelerated.bench`):
+The models and phases are those of ``flowspec bench compare`` (``benchmarks/compare.py``, loaded
+through :func:`.common.require_benchmark`):
 logit → (conv: 2×2 squeeze, so 3×H×W images reach the blocks as 12 channels) → 4 blocks with
 hidden width 4× the input's, ELU, coefficient 0.97, QuAR norm option (a) (the full masked weight,
 so Lip(F) ≤ σ). Training step: forward, bpd, backward, Adam, Polyak update, with the power
 iteration on the new weights. Residual training: 2 exact terms + roulette (geometric, q = 0.5),
 Neumann gradients with backward-in-forward; residual evaluation: 20 exact terms + roulette tail;
 QuAR: exact log-det by diagonal propagation. Sizes: MLP D ∈ MLP_DIMS, conv 3×H×H with H ∈ CONV_SIDES.
+``*Training`` time a step after one initialising step; ``*SteadyTraining`` time it in its steady
+state, after the comparison's warm-up steps (``Settings.warmup_steps``), when the power iteration's
+cost per step has settled: each timed call is one more real step.
 Memory is tracked as the allocator's peak above the pre-step baseline and the bytes saved for
 backward (asv ``track_*``, unit bytes); ``peakmem_*`` (process RSS, dominated by importing torch)
 is kept as a coarse guard only.
@@ -17,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .common import one_thread, require, skip_if_slow
+from .common import one_thread, require, require_benchmark, skip_if_slow
 
 MODELS = ["residual", "quar"]
 MLP_DIMS = [32, 64]
@@ -33,7 +37,7 @@ QUAR_TEST_SCALE = 8
 
 
 def _case(arch: str, size: int, family: str) -> Any:
-    bench = require("flowspec.accelerated.bench")
+    bench = require_benchmark("compare")
     shape = (size,) if arch == "mlp" else (3, size, size)
     test = TEST_BATCH[arch] * (QUAR_TEST_SCALE if family == "quar" else 1)
     return bench.Case(arch, shape, TRAIN_BATCH[arch], test)
@@ -50,7 +54,7 @@ class _Phase:
         skip_if_slow((family, size) in self.slow)
         for module in ("residual", "quar", "lipschitz"):
             require(f"flowspec.accelerated.{module}")
-        bench = require("flowspec.accelerated.bench")
+        bench = require_benchmark("compare")
         self.bench = bench
         self.families = bench.real_families()
         self.settings = bench.Settings()
@@ -67,15 +71,26 @@ class _Phase:
         return self.bench.batch(self.case, self.settings, size, key)
 
 
-class _Training(_Phase):
+class _Trained(_Phase):
+    """A trainer of the model on a training batch, after :meth:`steps_before` training steps."""
+
     param_names = ["model", "size"]
+
+    def steps_before(self) -> int:
+        """One step: the data-dependent initialisation, and Adam's state."""
+        return 1
 
     def prepare(self) -> None:
         if self.family == "residual":
             self.bench.configure_residual(self.model, self.families, self.settings.train_terms)
         self.trainer = self.bench.Trainer(self.model, self.settings.lr)
         self.x = self.data(self.case.train_batch, "train")
-        self.trainer.step(self.x)  # data-dependent initialisation and Adam's state
+        for _ in range(self.steps_before()):
+            self.trainer.step(self.x)
+
+
+class _Training(_Trained):
+    """A training step after the first: time, peak and saved-tensor memory."""
 
     def time_train_step(self, family: str, size: int) -> None:
         self.trainer.step(self.x)
@@ -95,6 +110,16 @@ class _Training(_Phase):
     track_train_saved_bytes.unit = "bytes"
 
     def peakmem_train_step(self, family: str, size: int) -> None:
+        self.trainer.step(self.x)
+
+
+class _SteadyTraining(_Trained):
+    """One more real training step after the warm-up steps of ``flowspec bench compare``."""
+
+    def steps_before(self) -> int:
+        return self.settings.warmup_steps
+
+    def time_steady_train_step(self, family: str, size: int) -> None:
         self.trainer.step(self.x)
 
 
@@ -154,6 +179,17 @@ class MLPTraining(_Training):
 
 
 class ConvTraining(_Training):
+    arch = "conv"
+    params = (MODELS, CONV_SIDES)
+    slow = (("residual", 16),)
+
+
+class MLPSteadyTraining(_SteadyTraining):
+    arch = "mlp"
+    params = (MODELS, MLP_DIMS)
+
+
+class ConvSteadyTraining(_SteadyTraining):
     arch = "conv"
     params = (MODELS, CONV_SIDES)
     slow = (("residual", 16),)

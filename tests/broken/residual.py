@@ -35,6 +35,24 @@ def _with_distribution(distribution: type) -> type:
     return Block
 
 
+class BatchDrawPerSample(ResidualMLP):
+    """``draw="batch"`` accepted, but the forward still draws N per sample (the option's path never taken)."""
+
+    def _draw_n(self, batch, generator):
+        return self.sample_n(self.n_samples * batch, generator)
+
+
+class BatchDrawOfLargest(ResidualMLP):
+    """``draw="batch"`` shares the largest of per-sample draws — what a per-sample batch costs — rather
+    than one draw of p(N): every sample's estimate then weights its tail terms wrongly."""
+
+    def _draw_n(self, batch, generator):
+        if self.draw != "batch":
+            return super()._draw_n(batch, generator)
+        draws = self.sample_n(self.n_samples * batch, generator).reshape(self.n_samples, batch)
+        return draws.max(1).values.repeat_interleave(batch)
+
+
 class MissingAlternatingSign(ResidualMLP):
     """Σ c_k vᵀJ^k v / k: the (−1)^{k+1} of eq. 6 dropped."""
 
@@ -233,6 +251,10 @@ CASES = [
     BrokenCase("residual roulette draw of N off by one (torch's geometric)", "residual_mlp",
                _with_distribution(_TorchGeometric),
                white_box=("roulette_sampler_fits",), black_box=("roulette_sampler_fits", "estimate_unbiased_statistical")),
+    BrokenCase("residual per-batch draw ignored (N still per sample)", "residual_mlp", BatchDrawPerSample,
+               white_box=("logdet_forward_exact",)),
+    BrokenCase("residual per-batch draw shares the batch's largest N", "residual_mlp", BatchDrawOfLargest,
+               white_box=("roulette_sampler_fits",), black_box=("roulette_sampler_fits",)),
     BrokenCase("residual roulette without (-1)^(k+1)", "residual_mlp", MissingAlternatingSign,
                white_box=("roulette_estimate_exact",)),
     BrokenCase("residual backward-in-forward with a shared scalar", "residual_mlp", SharedScalarBackward,
