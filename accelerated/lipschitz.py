@@ -475,11 +475,11 @@ class LipschitzNormalizer(nn.Module):
     def operator_bound(self, weight: Tensor) -> float:
         """A deterministic upper bound on the 2-norm of the operator that ``weight``'s normalised
         weight applies (at the last spatial size for a convolution): B/max(1, σ̂/coeff) (B for a
-        weight within rounding of the constraint, applied as it is), where B ≥ ‖W‖ is the smaller of
-        σ̂/(1 − t), when the last estimate guarantees σ̂ ≥ (1 − t)·‖W‖ with failure probability 0
-        (an exact top pair, a certified convolution), and, for a convolution,
-        :func:`conv_norm_bound`; ∞ where neither exists (a probed matrix, other orders, no estimate
-        yet)."""
+        weight within rounding of the constraint, applied as it is). B ≥ ‖W‖ is σ̂/(1 − t) where the
+        last estimate guarantees σ̂ ≥ (1 − t)·‖W‖ with failure probability 0 (an exact top pair, a
+        certified convolution), else, for a convolution, :func:`conv_norm_bound` (one FFT of the
+        kernel and its transfer matrices' Gram matrices: formed only when needed); ∞ where neither
+        exists (a probed matrix, other orders, no estimate yet)."""
         report = self.last_report
         if not self.spectral or report is None:
             return math.inf
@@ -487,8 +487,8 @@ class LipschitzNormalizer(nn.Module):
         norm = math.inf
         if report.failure_probability == 0.0 and report.tolerance < 1.0:
             norm = float(self.sigma(weight)) / (1.0 - report.tolerance)
-        if self.operator == "conv":
-            norm = min(norm, conv_norm_bound(weight, self._spatial, self.padding))
+        elif self.operator == "conv":
+            norm = conv_norm_bound(weight, self._spatial, self.padding)
         return norm if self._given else norm / max(1.0, float(self.sigma(weight)) / self.coeff)
 
     def orders(self) -> tuple[float | Tensor, float | Tensor]:
