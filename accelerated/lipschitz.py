@@ -484,12 +484,12 @@ class LipschitzNormalizer(nn.Module):
         if not self.spectral or report is None:
             return math.inf
         weight = weight.detach()
-        norm = math.inf
+        sigma, norm = float(self.sigma(weight)), math.inf
         if report.failure_probability == 0.0 and report.tolerance < 1.0:
-            norm = float(self.sigma(weight)) / (1.0 - report.tolerance)
+            norm = sigma / (1.0 - report.tolerance)
         elif self.operator == "conv":
             norm = conv_norm_bound(weight, self._spatial, self.padding)
-        return norm if self._given else norm / max(1.0, float(self.sigma(weight)) / self.coeff)
+        return norm if self._given else norm / max(1.0, sigma / self.coeff)
 
     def orders(self) -> tuple[float | Tensor, float | Tensor]:
         """(p, q) of the constraint ‖W‖_{p→q}: link ``link`` of the order chain."""
@@ -641,14 +641,14 @@ class LipschitzNormalizer(nn.Module):
         n = self._v[(0,) * (self._v.dim() - event_dims)].numel()
         tolerance = probe_tolerance(n, PROBE_STEPS, PROBE_FAILURE)
         bound = conv_norm_bound(w, self._spatial, self.padding) if self.operator == "conv" else math.inf
-        spent = warm.iterations
-        if bound / float(matvec(self._v).norm()) - 1.0 > tolerance:
+        spent, estimate = warm.iterations, float(matvec(self._v).norm())
+        if bound / estimate - 1.0 > tolerance:
             sigma, u, v, found = probe(matvec, rmatvec, self._v, steps=PROBE_STEPS, tolerance=tolerance,
                                        event_dims=event_dims, keep=self._v)
             spent += found.iterations
-            if float(sigma.max()) > float(matvec(self._v).norm()):
-                self._u, self._v = u, v
-        gap = bound / float(matvec(self._v).norm()) - 1.0
+            if float(sigma.max()) > estimate:  # the probe's σ̂ is ‖W v‖ for its unit v
+                self._u, self._v, estimate = u, v, float(sigma.max())
+        gap = bound / estimate - 1.0
         if gap <= tolerance:
             return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "certified", gap, 0.0)
         return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "probe", tolerance, PROBE_FAILURE)
@@ -670,7 +670,7 @@ class LipschitzNormalizer(nn.Module):
             _, u, v, start = lanczos(matvec, rmatvec, v, rtol=self.rtol, max_steps=min(self.max_iter, LANCZOS_STEPS),
                                      event_dims=event_dims)
             spent, self._cold = start.iterations, False
-        report = PowerIterationReport(spent, spent >= self.max_iter, math.inf)
+        report = PowerIterationReport(0, spent >= self.max_iter, math.inf)  # the Lanczos start spent it all
         if spent < self.max_iter:
             _, _, v, report = power_iteration(matvec, rmatvec, u, v, atol=self.atol, rtol=self.rtol,
                                               max_iter=self.max_iter - spent, event_dims=event_dims)

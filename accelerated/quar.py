@@ -399,15 +399,17 @@ class _QuARBlock(Flow):
         spent = warm.iterations
         u.copy_(u_warm)
         v.copy_(v_warm)
-        if bound / float(self._batched_norm(matvec(v), event_dims).min()) - 1.0 > tolerance:
-            _, u_probe, v_probe, found = probe(matvec, rmatvec, v, steps=self.krylov_steps, tolerance=tolerance,
-                                               event_dims=event_dims, keep=v)
+        estimate = self._batched_norm(matvec(v), event_dims)
+        if bound / float(estimate.min()) - 1.0 > tolerance:
+            probed, u_probe, v_probe, found = probe(matvec, rmatvec, v, steps=self.krylov_steps, tolerance=tolerance,
+                                                    event_dims=event_dims, keep=v)
             spent += found.iterations
-            better = self._batched_norm(matvec(v_probe), event_dims) > self._batched_norm(matvec(v), event_dims)
+            better = probed > estimate  # the probe's σ̂ is ‖W v_probe‖ for its unit v_probe
             shape = better.shape + (1,) * event_dims
             u.copy_(torch.where(better.reshape(shape), u_probe, u))
             v.copy_(torch.where(better.reshape(shape), v_probe, v))
-        gap = bound / float(self._batched_norm(matvec(v), event_dims).min()) - 1.0
+            estimate = torch.where(better, probed, estimate)
+        gap = bound / float(estimate.min()) - 1.0
         if gap <= tolerance:
             return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "certified", gap, 0.0)
         return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "probe", tolerance, PROBE_FAILURE)

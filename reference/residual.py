@@ -63,8 +63,9 @@ computes exactly what each choice estimates:
   unbiased with the same per-sample variance; they differ in the variance of the *batch mean*,
   which per-batch draws do not average over N: Var_N(E_v[est | N]) (bounded by
   ``VarianceReport.n_variance_upper``) stays in it whatever the batch size. The default is
-  ``"batch"``: at the App. E settings it gave the lower variance of the batch mean per second of
-  computing it (``flowspec bench residual`` measures both).
+  ``"batch"``: per second of computing it, the variance of the batch mean was clearly lower on the
+  App. E conv blocks and within two standard errors on the MLP (``flowspec bench residual``
+  measures both).
 * ``inverse_rtol`` r (default 32ε/(1 − L), L = coeff^layers): the inverse returns x̂ with
   ‖x̂ − f⁻¹(y)‖₂ ≤ L·r·max(‖y‖₂, 1) up to rounding, when its iteration converged and L bounds Lip(g)
   in the 2-norm (p_0 = 2); ``inverse_max_iter`` caps the iteration (then ``ConvergenceError``).
