@@ -35,35 +35,27 @@ from .base import register
 from .elementwise import _Elementwise
 
 
-def _world_size() -> int:
-    """The number of processes of an initialised ``torch.distributed`` group (1 without one)."""
+def _all_reduce(t: Tensor, op: str = "SUM") -> Tensor:
+    """``t`` reduced in place over the processes of an initialised ``torch.distributed`` group of
+    several processes by ``torch.distributed.ReduceOp.<op>``; ``t`` itself without one."""
     import torch.distributed as dist
 
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+    return t
 
 
 def _channel_statistics(values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(constant, mean, std with divisor n) per row of ``values`` (channels × values), float64.
 
-    Under an initialised ``torch.distributed`` group of several processes the statistics are those
-    of the union of every process's batch: counts, sums, sums of squared deviations from the global
-    mean, minima and maxima are all-reduced (two passes), so that data-parallel training initialises
-    as one process would on the global batch (up to the order of the sums)."""
-    if _world_size() == 1:
-        constant = values.amax(dim=1) == values.amin(dim=1)
-        return constant, values.mean(dim=1), values.std(dim=1, correction=0)
-    import torch.distributed as dist
-
-    count = torch.tensor([float(values.shape[1])], dtype=torch.float64, device=values.device)
-    total = values.sum(dim=1)
-    for t in (count, total):
-        dist.all_reduce(t)
-    mean = total / count
-    squares = ((values - mean[:, None]) ** 2).sum(dim=1)
-    low, high = values.amin(dim=1), values.amax(dim=1)
-    dist.all_reduce(squares)
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    Two passes: counts and sums give the mean, then sums of squared deviations from it, minima and
+    maxima. Under an initialised ``torch.distributed`` group of several processes every one of them
+    is all-reduced, so that data-parallel training initialises as one process would on the global
+    batch (up to the order of the sums); a single process runs the same code without the reductions."""
+    count = _all_reduce(torch.tensor([float(values.shape[1])], dtype=torch.float64, device=values.device))
+    mean = _all_reduce(values.sum(dim=1)) / count
+    squares = _all_reduce(((values - mean[:, None]) ** 2).sum(dim=1))
+    low, high = _all_reduce(values.amin(dim=1), "MIN"), _all_reduce(values.amax(dim=1), "MAX")
     return high == low, mean, torch.sqrt(squares / count)
 
 

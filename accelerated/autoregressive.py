@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from flowspec import made, registry
 
-from .base import Flow, register
+from .base import Flow, int_list, register
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 OUTPUTS_PER_DIM = 2  # μ, α
@@ -131,7 +131,7 @@ class MadeLaw(Flow):
         kind (unknown keys and bad values raise :class:`~flowspec.errors.ConfigError`), then build
         ``net`` with ``outputs_per_dim()`` outputs per dimension."""
         order, hidden = config["order"], config["hidden"]
-        self._config = {**config, "order": order if isinstance(order, str) else [int(v) for v in order],
+        self._config = {**config, "order": order if isinstance(order, str) else int_list(order, "order"),
                         "hidden": list(hidden) if isinstance(hidden, (list, tuple)) else hidden}
         registry.get(self.kind).validate_config(self._config)
         self._dim, context_dim = int(config["dim"]), int(config["context_dim"])
@@ -159,7 +159,7 @@ class _MaskedAffine(Flow):
         """``unknown`` config entries are rejected with a :class:`~flowspec.errors.ConfigError`."""
         super().__init__(validate_args=validate_args)
         self._config: dict[str, Any] = {
-            "dim": dim, "order": order if isinstance(order, str) else [int(v) for v in order],
+            "dim": dim, "order": order if isinstance(order, str) else int_list(order, "order"),
             "hidden": list(hidden) if isinstance(hidden, (list, tuple)) else hidden,
             "activation": activation, "context_dim": context_dim, **unknown,
         }

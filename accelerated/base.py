@@ -69,6 +69,15 @@ def fresh_from_spec(spec: FlowSpec, *, dtype: torch.dtype = torch.float64, devic
     return _module(spec.kind).fresh_from_spec(spec).to(dtype=_check_dtype(dtype), device=device)
 
 
+def int_list(value: Any, name: str) -> list[int]:
+    """``value`` (a config entry) as a list of ints; anything but a list or tuple of integers (a bare
+    int, a string, a float entry) raises :class:`ConfigError` naming ``name``, never a bare TypeError."""
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{name} must be a list of ints, got {value!r}")
+    return [int(v) for v in value]
+
+
 def _describe_bad(t: Tensor) -> str:
     bad = ~torch.isfinite(t)
     idx = tuple(int(i) for i in torch.nonzero(bad)[0])

@@ -97,7 +97,7 @@ class Dynamics(nn.Module):
 class CNF(Flow):
     """FFJORD continuous normalizing flow on vectors of size D (module docstring)."""
 
-    conformance_hooks = ("logdet_estimate",)
+    conformance_hooks = ("logdet_estimate", "logdet_noise")
 
     def __init__(self, shape: Sequence[int], hidden: Sequence[int], activation: str = DEFAULTS["activation"],
                  logdet: str = DEFAULTS["logdet"], probe: str = DEFAULTS["probe"], method: str = DEFAULTS["method"],
@@ -187,6 +187,12 @@ class CNF(Flow):
     def _inverse_and_logdet(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """(x, log|det ∂x/∂z|): the augmented state from s = 1 back to 0 with the exact trace, ℓ(0) = −∫₀¹ T·tr ds."""
         return self._integrate(z, exact_trace, reverse=True)
+
+    def logdet_noise(self, batch: int) -> Tensor:
+        """The probes a training-mode forward with ``logdet = "hutchinson"`` on a batch of ``batch``
+        draws first thing, from the same (global) generator: after the same ``torch.manual_seed``,
+        exactly that forward's probes (the conformance hook)."""
+        return self._draw_probe(torch.empty((batch, *self._shape), dtype=self.log_T.dtype, device=self.log_T.device))
 
     def logdet_estimate(self, x: Tensor, probe: Tensor) -> Tensor:
         """∫₀¹ T·εᵀ(∂v/∂x)ε ds per sample for the given probes ε (rows of ``probe``): the conformance hook."""

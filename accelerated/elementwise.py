@@ -9,13 +9,13 @@ from torch import Tensor, nn
 
 from flowspec.errors import ConfigError
 
-from .base import Flow, batch_sum, register, softplus
+from .base import Flow, batch_sum, int_list, register, softplus
 
 
 class _Elementwise(Flow):
     def __init__(self, shape: Sequence[int], *, validate_args: bool | None = None):
         super().__init__(validate_args=validate_args)
-        shape = tuple(int(n) for n in shape)
+        shape = tuple(int_list(shape, "shape"))
         if not shape or min(shape) <= 0:
             raise ConfigError(f"shape must be a non-empty list of positive ints, got {shape!r}")
         self._shape = shape

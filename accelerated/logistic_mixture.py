@@ -3,12 +3,12 @@ see :mod:`flowspec.reference.logistic_mixture` for the formulas and the layout).
 
 The map, batched and vectorised over entries and components (the parameters' last axis is K):
 
-* :func:`mixture_log_cdfs` — (log F, log(1 − F)) by log-sum-exp of ``logsigmoid`` terms;
-* :func:`mixture_logit` — ℓ = log F − log(1 − F), never forming σ(u);
-* :func:`mixture_logit_and_log_derivative` — (ℓ, log ℓ′), log ℓ′ = log F′ − log F − log(1 − F) with
+* :func:`mixture_logit_and_log_derivative` — (ℓ, log ℓ′): ℓ = log F − log(1 − F) with log F and
+  log(1 − F) by log-sum-exp of ``logsigmoid`` terms, never forming σ(u); log ℓ′ = log F′ − log F − log(1 − F) with
   the density paired with the smaller of F and 1 − F under one shared shift, so that the large
   common term cancels exactly;
-* :func:`logit_bracket` and :func:`mixture_logit_inverse` (the shared :func:`.solve.safeguarded_newton`) — x with
+* :func:`logit_bracket`, :func:`mixture_logit_root` and :func:`mixture_logit_inverse` (the shared
+  :func:`.solve.safeguarded_newton`) — x with
   ℓ(x) = t inside the exact bracket [min_i(μ_i + e^{s_i}t), max_i(μ_i + e^{s_i}t)], by Newton steps
   safeguarded by bisection, all entries at once, until the step or the bracket is within
   rtol·(|x| + min_i e^{s_i}) (rtol = 16ε of the dtype by default); ConvergenceError with the relative
@@ -59,18 +59,6 @@ def _log_ratio(w: Tensor, v: Tensor) -> Tensor:
     return torch.logsumexp(shifted + v, dim=-1) - torch.logsumexp(shifted, dim=-1)
 
 
-def mixture_log_cdfs(x: Tensor, log_pi: Tensor, mu: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
-    """(log F(x), log(1 − F(x))) of the logistic mixture (eq. 18)."""
-    _, c, a = _terms(x, log_pi, mu, log_scale)
-    return torch.logsumexp(c, dim=-1), torch.logsumexp(a, dim=-1)
-
-
-def mixture_logit(x: Tensor, log_pi: Tensor, mu: Tensor, log_scale: Tensor) -> Tensor:
-    """ℓ(x) = σ⁻¹(MixLogCDF(x; π, μ, s)) elementwise (eqs. 17–18)."""
-    log_f, log_g = mixture_log_cdfs(x, log_pi, mu, log_scale)
-    return log_f - log_g
-
-
 def mixture_logit_and_log_derivative(x: Tensor, log_pi: Tensor, mu: Tensor, log_scale: Tensor) -> tuple[Tensor, Tensor]:
     """(ℓ(x), log ℓ′(x)) elementwise (module docstring)."""
     u, c, a = _terms(x, log_pi, mu, log_scale)
@@ -86,17 +74,23 @@ def logit_bracket(target: Tensor, mu: Tensor, log_scale: Tensor) -> tuple[Tensor
     return ends.amin(dim=-1), ends.amax(dim=-1)
 
 
+def mixture_logit_root(target: Tensor, log_pi: Tensor, mu: Tensor, log_scale: Tensor, *, rtol: float | None = None,
+                       max_iter: int = DEFAULT_MAX_ITER,
+                       what: str = "the inverse of the logit of a logistic-mixture CDF") -> Tensor:
+    """The root x of ℓ(x) = target elementwise (module docstring), without gradients (every argument
+    is detached); ``what`` names the solve in a :class:`~flowspec.errors.ConvergenceError`."""
+    rtol = default_rtol(target.dtype) if rtol is None else rtol
+    target, log_pi, mu, log_scale = (t.detach() for t in (target, log_pi, mu, log_scale))
+    low, high = logit_bracket(target, mu, log_scale)
+    return safeguarded_newton(lambda v: mixture_logit_and_log_derivative(v, log_pi, mu, log_scale), target, low, high,
+                              torch.exp(log_scale.amin(dim=-1)), rtol=rtol, max_iter=max_iter, what=what)
+
+
 def mixture_logit_inverse(target: Tensor, log_pi: Tensor, mu: Tensor, log_scale: Tensor, *, rtol: float | None = None,
                           max_iter: int = DEFAULT_MAX_ITER) -> Tensor:
     """x with ℓ(x) = target elementwise (module docstring); differentiable in every argument."""
-    rtol = default_rtol(target.dtype) if rtol is None else rtol
-    low, high = logit_bracket(target.detach(), mu.detach(), log_scale.detach())
-    def mixture(v: Tensor) -> tuple[Tensor, Tensor]:
-        return mixture_logit_and_log_derivative(v, log_pi, mu, log_scale)
-
-    x = safeguarded_newton(mixture, target.detach(), low, high, torch.exp(log_scale.detach().amin(dim=-1)),
-                           rtol=rtol, max_iter=max_iter, what="the inverse of the logit of a logistic-mixture CDF")
-    return implicit_step(x, target, mixture)[0]
+    x = mixture_logit_root(target, log_pi, mu, log_scale, rtol=rtol, max_iter=max_iter)
+    return implicit_step(x, target, lambda v: mixture_logit_and_log_derivative(v, log_pi, mu, log_scale))[0]
 
 
 # ----------------------------------------------------------------------------- the coupling
@@ -137,11 +131,8 @@ class LogisticMixtureCoupling(_Coupling):
         return mixture_logit_and_log_derivative(values, log_pi, mu, log_scale)
 
     def _solve(self, target: Tensor, log_pi: Tensor, mu: Tensor, log_scale: Tensor) -> Tensor:
-        """The root of ℓ(x) = target per entry, without gradients (:func:`safeguarded_newton`)."""
-        low, high = logit_bracket(target, mu, log_scale)
-        rtol = default_rtol(target.dtype) if self.rtol is None else self.rtol
-        return safeguarded_newton(lambda v: self._mixture(v, log_pi, mu, log_scale), target, low, high,
-                                  torch.exp(log_scale.amin(dim=-1)), rtol=rtol, max_iter=self.max_iter,
+        """The root of ℓ(x) = target per entry, without gradients (:func:`mixture_logit_root`)."""
+        return mixture_logit_root(target, log_pi, mu, log_scale, rtol=self.rtol, max_iter=self.max_iter,
                                   what="logistic mixture coupling inverse")
 
     def _law(self, values: Tensor, h: Tensor, inverse: bool) -> tuple[Tensor, Tensor | None]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from flowspec.errors import ConfigError
 
-from .base import register
+from .base import int_list, register
 from .elementwise import _Elementwise
 
 
@@ -19,14 +20,12 @@ class _ChannelPermutation(_Elementwise):
     def __init__(self, shape: Sequence[int], perm: Sequence[int], *, validate_args: bool | None = None):
         super().__init__(shape, validate_args=validate_args)
         channels = self._shape[0]
-        entries = list(perm)
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in entries) or sorted(entries) != list(
-            range(channels)
-        ):
+        if not _is_permutation(perm, channels):
             raise ConfigError(
                 f"perm must be a permutation of 0..{channels - 1} (the {channels} channels of shape "
-                f"{self._shape}), got {list(perm)!r}"
+                f"{self._shape}), got {perm!r}"
             )
+        entries = [int(i) for i in perm]
         index = torch.tensor(entries, dtype=torch.long)
         self.register_buffer("_perm", index, persistent=False)
         self.register_buffer("_inverse_perm", torch.argsort(index), persistent=False)
@@ -46,7 +45,8 @@ class ReversePermutation(_ChannelPermutation):
     """Reverses the channel order; its own inverse."""
 
     def __init__(self, shape: Sequence[int], *, validate_args: bool | None = None):
-        channels = int(shape[0]) if len(shape) else 0
+        shape = int_list(shape, "shape")
+        channels = shape[0] if shape else 0
         super().__init__(shape, list(reversed(range(channels))), validate_args=validate_args)
 
 
@@ -56,3 +56,10 @@ class Permutation(_ChannelPermutation):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "perm": self._perm.tolist()}
+
+
+def _is_permutation(perm: Any, channels: int) -> bool:
+    """Whether ``perm`` is a list or tuple of ints (bools excluded) holding each of 0..channels-1 once."""
+    return (isinstance(perm, (list, tuple))
+            and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in perm)
+            and sorted(int(i) for i in perm) == list(range(channels)))

@@ -123,7 +123,7 @@ from torch.autograd.function import once_differentiable
 from flowspec.errors import ConfigError, ConvergenceError
 from flowspec.spec import FlowSpec
 
-from .base import Flow, batch_sum, register, relative_norm, sample_norm, softplus
+from .base import Flow, batch_sum, int_list, register, relative_norm, sample_norm, softplus
 from .lipschitz import (
     PROBE_FAILURE, ELU, Activation, Identity, conv_norm_bound, conv_operator_matrix, make_activation,
     spread_over_pixels,
@@ -154,7 +154,7 @@ def _times_derivative(act: Activation, delta: Tensor, a: Tensor, value: Tensor) 
         return torch.ops.aten.elu_backward(delta, 1.0, 1.0, 1.0, True, value)
     if isinstance(act, Identity):
         return delta
-    return delta * act.derivative(a)
+    raise TypeError(f"no diagonal-propagation rule for activation {type(act).__name__} (QuAR has {ACTIVATIONS})")
 
 
 # ----------------------------------------------------------------------------- masks
@@ -793,7 +793,7 @@ class QuARConv(_QuARBlock):
         inverse_rtol: float | None = None,
         inverse_max_iter: int = 2000, validate_args: bool | None = None,
     ):
-        shape = tuple(shape)
+        shape = tuple(int_list(shape, "shape"))
         if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
             raise ConfigError(f"shape must be [C, H, W] of positive ints, got {shape!r}")
         kernels = _check_int_list("kernels", kernels)

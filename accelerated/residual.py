@@ -85,7 +85,7 @@ from torch.autograd.function import once_differentiable
 
 from flowspec.errors import ConfigError, ConvergenceError, NumericalError
 
-from .base import Flow, register, relative_norm, sample_norm
+from .base import Flow, int_list, register, relative_norm, sample_norm
 from .lipschitz import LipSwish, LipschitzConv2d, LipschitzLinear, OrderChain, make_activation
 
 ESTIMATORS = ("exact", "series", "roulette")
@@ -277,13 +277,13 @@ class ResidualBlock(Flow):
                  max_iter: int = 200, inverse_rtol: float | None = None, inverse_max_iter: int = 1000,
                  validate_args: bool | None = None, **layout: Any):
         super().__init__(validate_args=validate_args)
-        self._shape = tuple(int(n) for n in shape)
+        self._shape = tuple(int_list(shape, "shape"))
         if not self._shape or min(self._shape) <= 0:
             raise ConfigError(f"shape must be a non-empty list of positive ints, got {tuple(shape)!r}")
         if not isinstance(coeff, (int, float)) or isinstance(coeff, bool) or not 0.0 < coeff < 1.0:
             raise ConfigError(
                 f"coeff must lie in (0, 1) so that g is contractive and f = x + g(x) invertible, got {coeff!r}")
-        self.hidden = tuple(int(h) for h in hidden)
+        self.hidden = tuple(int_list(hidden, "hidden"))
         if any(h <= 0 for h in self.hidden):
             raise ConfigError(f"hidden widths must be positive, got {self.hidden!r}")
         self.activation, self.coeff = activation, float(coeff)
@@ -716,6 +716,8 @@ def _count(name: str, value: Any, low: int) -> int:
 
 
 def _orders(orders: Sequence[float] | None, n_layers: int) -> list[float]:
+    if orders is not None and not isinstance(orders, (list, tuple)):
+        raise ConfigError(f"orders must be a list of {n_layers} norm orders in [1, ∞], got {orders!r}")
     orders = [2.0] * n_layers if orders is None else [float(p) for p in orders]
     if len(orders) != n_layers or not all(p >= 1.0 for p in orders):
         raise ConfigError(f"orders must list {n_layers} norm orders in [1, ∞], got {orders!r}")
@@ -762,7 +764,7 @@ class ResidualConv(ResidualBlock):
         n = len(widths) - 1
         self.kernels = [3] if n == 1 else [3] + [1] * (n - 2) + [3]
         if kernels is not None:
-            self.kernels = [int(k) for k in kernels]
+            self.kernels = int_list(kernels, "kernels")
         if len(self.kernels) != n or any(k <= 0 or k % 2 == 0 for k in self.kernels):
             raise ConfigError(f"kernels must list {n} odd positive sizes, got {self.kernels!r}")
         return nn.ModuleList(

@@ -25,6 +25,7 @@ requirement         method                                           what it doe
 ``convert``         :meth:`Adapter.convert`                          the flow in another dtype (``.to``)
 ``parameters``      :meth:`Adapter.parameters`, ``set_parameters``   read / edit parameters in place
 ``fresh``           :meth:`Adapter.fresh`                            a flow not yet data-initialised
+``construct``       :meth:`Adapter.construct`                        a flow built from a config alone
 ``reseed``          :meth:`Adapter.reseed`                           reseed the implementation's RNG
 ==================  ===============================================  ======================================
 
@@ -189,6 +190,11 @@ class Adapter(ABC):
         """A flow of ``kind`` as a user constructs it, before any data-dependent initialisation
         (requirement ``"fresh"``)."""
         raise self._missing("fresh", "building fresh (not yet data-initialised) flows")
+
+    def construct(self, kind: str, config: Mapping[str, Any], dtype: str, device: str) -> Any:
+        """A flow of ``kind`` built from ``config`` alone, as a user calls the library's constructor
+        (requirement ``"construct"``): the path whose own config checks the spec loader may bypass."""
+        raise self._missing("construct", "constructing flows from a config alone")
 
     # ------------------------------------------------------------------ calls
     @abstractmethod

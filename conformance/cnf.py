@@ -18,7 +18,12 @@ Properties of the kind:
    implementation's estimate equals the reference's ∫₀ᵀ εᵀ(∂v/∂x)ε dt, integrated in the reference as
    an augmented state (exact per probe, like the residual family's ``logdet_estimate(x, v, n)``). An
    estimator that draws a new probe at every solver step is unbiased but fails here.
-2. ``cnf_hutchinson_unbiased`` (black-box, ``train_eval``): the mean of n training-mode forward
+2. ``cnf_forward_probes`` (white-box, hooks ``logdet_noise`` and ``reseed``, ``train_eval``): the
+   probes a training forward draws (replayed by ``logdet_noise`` after the same reseed) follow the
+   configured ``probe`` (Rademacher entries all ±1, Gaussian ones not), and the forward's log-det is
+   the reference's estimate for them: both distributions give unbiased estimates, so the statistical
+   property cannot tell a config whose probe is ignored.
+3. ``cnf_hutchinson_unbiased`` (black-box, ``train_eval``): the mean of n training-mode forward
    log-dets (``logdet = "hutchinson"``, Gaussian or Rademacher probes) at one point equals the exact
    ∫ tr, within a Bernstein half-width at a false-alarm rate of ``stats.per_example_alpha()`` (1e-6
    per test) plus the solve's allowance (the ``cnf`` row, twice: the estimates' and the target's
@@ -28,7 +33,7 @@ Properties of the kind:
    ε: bounded by Σ_{i≠j}|Sᵢⱼ|, variance 2(‖S‖²_F − ΣSᵢᵢ²), c = bound/3. The smallest detectable bias is
    twice the allowed deviation; the property states it and the bias of a known mistake (the
    estimate of the *first* evaluation's Jacobian only, T·εᵀJ(0)ε) against it.
-3. ``cnf_adjoint_matches_backprop`` (black-box, ``grad``): gradients of Σ w·z + Σ u·log|det| with
+4. ``cnf_adjoint_matches_backprop`` (black-box, ``grad``): gradients of Σ w·z + Σ u·log|det| with
    respect to every parameter (log_T included: d/dT) and x by ``odeint_adjoint`` equal those by
    backpropagation through the solver, at the ``grad`` row plus the solver's.
 """
@@ -89,11 +94,38 @@ def cnf_estimate_exact(ctx: CheckContext) -> None:
     x = ctx.draw_input(spec, batch=2)
     probes = _probes(ctx, spec, 2)
     actual = ctx.adapter.call_hook(ctx.load(spec), "logdet_estimate", x, probes)
-    expected = np.array([float(R.logdet_estimate(spec, x[i], probes[i])) for i in range(2)])
-    size = int(x.shape[1])
+    _assert_estimates(ctx, spec, x, probes, actual, "for given probes")
+
+
+def _assert_estimates(ctx: CheckContext, spec: FlowSpec, x: np.ndarray, probes: np.ndarray, actual: Any,
+                      what: str) -> None:
+    """``actual`` equals the reference's ∫₀ᵀ εᵀ(∂v/∂x)ε dt per sample for ``probes``."""
+    expected = np.array([float(R.logdet_estimate(spec, x[i], probes[i])) for i in range(len(x))])
     scale = max(1.0, float(np.max(np.sum(probes * probes, axis=1))))  # |εᵀJε| ≤ ‖J‖·‖ε‖²
-    ctx.assert_close(np.asarray(actual) / scale, expected / scale, "estimate", size,
-                     f"∫ εᵀ(∂v/∂x)ε dt for given probes (relative to ‖ε‖² = {scale:.3g})")
+    ctx.assert_close(np.asarray(actual) / scale, expected / scale, "estimate", int(x.shape[1]),
+                     f"∫ εᵀ(∂v/∂x)ε dt {what} (relative to ‖ε‖² = {scale:.3g})")
+
+
+@prop("cnf_forward_probes", requires=["white_box", "train_eval", "reseed", "logdet_noise"], kinds=KINDS)
+def cnf_forward_probes(ctx: CheckContext) -> None:
+    """A training-mode Hutchinson forward draws probes of the configured distribution and uses them:
+    after the same reseed the hook ``logdet_noise`` returns the forward's probes; Rademacher probes'
+    entries are all ±1 and Gaussian ones' are not (all ±1 has probability 0); the forward's log-det
+    is the reference's estimate for those probes (module docstring)."""
+    spec = ctx.draw(from_configs("cnf", cnf_configs("hutchinson", axis("probe", R.PROBES))), "spec")
+    x = ctx.draw_input(spec, batch=2)
+    flow = ctx.load(spec)
+    ctx.adapter.set_training(flow, True)
+    seed = ctx.draw(SEEDS, "noise seed")
+    ctx.adapter.reseed(seed)
+    probes = np.asarray(ctx.adapter.call_hook(flow, "logdet_noise", len(x)))
+    probe = R.setting(spec.config, "probe")
+    signs = bool(np.all(np.abs(probes) == 1.0))
+    ctx.require(signs == (probe == "rademacher"), f"probe = {probe!r}, but the forward's probes "
+                                                  f"{'are' if signs else 'are not'} all ±1: {probes.tolist()}")
+    ctx.adapter.reseed(seed)
+    _, logdet = ctx.adapter.forward(flow, x)
+    _assert_estimates(ctx, spec, x, probes, logdet, "of the training forward for its own probes")
 
 
 # ----------------------------------------------------------------------------- 2. unbiasedness

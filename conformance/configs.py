@@ -9,17 +9,27 @@ default and what is invalid, so a new kind inherits them without declaring anyth
 * ``config_defaults_match_reference`` (white-box): for every key whose removal the reference accepts
   *without changing its map* (z and, where deterministic, log|det| identical: the drawn value is the
   default, or the key does not act on the forward), the implementation built from the reduced config
-  maps x as the reference does. A reduced config is skipped where the reference's canonical layout
-  for it differs from the spec's parameters (a structural key such as a hidden width) or where the
-  implementation refuses a *parameter* under it (a constraint of the default that the reference's
+  maps x as the reference does. Where the reference's canonical layout for the reduced config differs
+  from the spec's parameters (a structural key such as a hidden width or an embedding size), the
+  implementation must instead build the reduced config with the reference's generic parameters for
+  it, whose shapes are the default's (an implementation with another default refuses them). A
+  reduced config is excused where the implementation refuses a *parameter* under it (a constraint of the default that the reference's
   forward does not enforce, such as a residual weight's norm in another order) while it builds that
   config with the reference's generic parameters (a default of another size refuses those too);
 * ``invalid_config_rejected`` (black-box): for every key, a few values of the wrong sign, size, type
-  or option name (an integer key also gets a boolean, a string and an integral float), plus the
+  or option name (an integer key also gets a boolean, a string and an integral float; a list key its
+  first number alone and, for integers, the list with its first entry one larger: an even kernel
+  size, a count above its bound), plus the
   boundary values a kind declares in ``extras["invalid_configs"]`` (``{key: value}`` entries, such
   as a node count one below its minimum); each one the reference's ``check_config`` rejects must
-  make building the flow raise an error whose message names the key (or the key it conflicts with,
+  make building the flow raise an error whose message names the key, both loading it from a spec and,
+  where the adapter has ``construct``, constructing it from the config as a user does (or the key it conflicts with,
   such as ``orders`` for a changed ``hidden``).
+* ``invalid_params_rejected`` (white-box; kinds that declare ``extras["invalid_params"]``: entries
+  ``(description, param name, make(params) -> {name: bad array} or None)``, values outside a
+  parameter's own domain that no strategy draws — a singular weight, a ``P`` that is no permutation,
+  a flag other than 0 or 1): loading the spec, its forward or, at the latest, its inverse raises an
+  error naming the parameter; returning values throughout accepts a flow the spec does not define.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ from flowspec.spec import FlowSpec
 from . import namespace
 from .adapter import NotSupported
 from .property import CheckContext, PropertyFailure, prop
+from .seeding import rng
 from .state import draw_deterministic, stochastic_logdet
 from .strategies import event_size
 
@@ -42,19 +53,20 @@ from .strategies import event_size
 REFUSALS = (ConfigError, KeyError, TypeError, ValueError)
 
 
-def _reference_map(spec: FlowSpec, x: np.ndarray, c: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """The reference's (z, log|det|) for ``spec``, or None where the reference refuses the config or
-    its canonical layout for that config differs from the spec's parameters (a structural key such
-    as a hidden width, which the reference's forward reads off the parameters)."""
+def _reduced_layout(spec: FlowSpec, key: str) -> dict[str, Any] | None:
+    """The reference's canonical parameter layout (flat name → array) for ``spec``'s config without
+    ``key``, or None where the reference refuses that config (a required key)."""
+    reduced = {k: v for k, v in spec.config.items() if k != key}
     try:
-        namespace.kind(spec.kind).validate_config(spec.config)
-        layout = reference.init_spec(spec.kind, spec.config, np.random.default_rng(0)).flat_params()
+        namespace.kind(spec.kind).validate_config(reduced)
+        return reference.init_spec(spec.kind, reduced, np.random.default_rng(0)).flat_params()
     except REFUSALS:
         return None
+
+
+def _same_layout(layout: dict[str, Any], spec: FlowSpec) -> bool:
     drawn = spec.flat_params()
-    if set(layout) != set(drawn) or any(np.shape(layout[k]) != np.shape(drawn[k]) for k in drawn):
-        return None
-    return reference.forward_and_log_abs_det(spec, x, c)
+    return set(layout) == set(drawn) and all(np.shape(layout[k]) == np.shape(drawn[k]) for k in drawn)
 
 
 @prop("config_defaults_match_reference", requires=["white_box"])
@@ -62,26 +74,41 @@ def config_defaults_match_reference(ctx: CheckContext) -> None:
     """A config key left out takes the reference's default (module docstring)."""
     spec, x, c = draw_deterministic(ctx)
     z_ref, ld_ref = reference.forward_and_log_abs_det(spec, x, c)
-    size = event_size(spec)
     for key in sorted(spec.config):
+        layout = _reduced_layout(spec, key)
+        if layout is None:
+            continue  # a required key
         reduced = FlowSpec(spec.kind, {k: v for k, v in spec.config.items() if k != key}, spec.params)
-        expected = _reference_map(reduced, x, c)
-        if expected is None or not (np.array_equal(expected[0], z_ref) and np.array_equal(expected[1], ld_ref)):
-            continue  # a required key, or the drawn value is not the default
-        try:
-            flow = ctx.load(reduced)
-        except ConfigError as exc:
-            if _refuses_params(exc, reduced) and _builds_generic(ctx, reduced):
-                continue  # the parameters break a constraint of the default (module docstring)
-            raise PropertyFailure(f"without config[{key!r}] (the reference's default applies) the implementation "
-                                  f"refuses to build: ConfigError: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - the failure reported
-            raise PropertyFailure(f"without config[{key!r}] (the reference's default applies) the implementation "
-                                  f"refuses to build: {type(exc).__name__}: {exc}") from exc
-        z, logdet = ctx.adapter.forward(flow, x, c)
-        ctx.assert_close(z, z_ref, "forward", size, f"z without config[{key!r}] (the reference's default)")
-        if not stochastic_logdet(reduced):
-            ctx.assert_close(logdet, ld_ref, "logdet", size, f"log|det| without config[{key!r}]")
+        if not _same_layout(layout, spec):
+            # a structural default (a width, an embedding size): the implementation must build the
+            # reduced config with the reference's generic parameters for it, whose shapes are the default's
+            _build_default(ctx, key, reference.init_spec(spec.kind, reduced.config,
+                                                         rng("default layout", key, spec.to_json())))
+            continue
+        expected = reference.forward_and_log_abs_det(reduced, x, c)
+        if np.array_equal(expected[0], z_ref) and np.array_equal(expected[1], ld_ref):  # else not the default
+            flow = _build_default(ctx, key, reduced)
+            if flow is not None:
+                size = event_size(reduced)
+                z, logdet = ctx.adapter.forward(flow, x, c)
+                ctx.assert_close(z, z_ref, "forward", size, f"z without config[{key!r}] (the reference's default)")
+                if not stochastic_logdet(reduced):
+                    ctx.assert_close(logdet, ld_ref, "logdet", size, f"log|det| without config[{key!r}]")
+
+
+def _build_default(ctx: CheckContext, key: str, reduced: FlowSpec) -> Any:
+    """The implementation's flow for ``reduced`` (``key`` left out), or None where the parameters
+    break a constraint of the default (module docstring); any other refusal fails."""
+    try:
+        return ctx.load(reduced)
+    except ConfigError as exc:
+        if _refuses_params(exc, reduced) and _builds_generic(ctx, reduced):
+            return None  # the parameters break a constraint of the default (module docstring)
+        raise PropertyFailure(f"without config[{key!r}] (the reference's default applies) the implementation "
+                              f"refuses to build: ConfigError: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the failure reported
+        raise PropertyFailure(f"without config[{key!r}] (the reference's default applies) the implementation "
+                              f"refuses to build: {type(exc).__name__}: {exc}") from exc
 
 
 def _builds_generic(ctx: CheckContext, spec: FlowSpec) -> bool:
@@ -125,6 +152,9 @@ def _invalid_values(value: Any) -> Iterator[Any]:
         yield "no-such-option"
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
         yield from ([], [0] * len(value), [-1] * len(value), [0.5] * len(value))
+        yield value[0]  # a number where a list belongs
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            yield [value[0] + 1, *value[1:]]  # the other parity (odd kernel sizes), one more than allowed
 
 
 @prop("invalid_config_rejected", requires=["black_box"], kinds=lambda kind: not namespace.is_foreign(kind),
@@ -143,12 +173,63 @@ def invalid_config_rejected(ctx: CheckContext) -> None:
         except REFUSALS:
             pass
         checked += 1
-        try:
-            ctx.instantiate(FlowSpec(spec.kind, config, spec.params))
-        except Exception as exc:  # noqa: BLE001 - any error counts if it names the key
-            named = [k for k in {*spec.config, key} if k in str(exc)]  # the conflict may be reported on a partner key
-            ctx.require(key in named or bool(named), f"config[{key!r}] = {bad!r} raised {type(exc).__name__} "
-                                                     f"without naming a config key: {exc}")
-            continue
-        raise PropertyFailure(f"config[{key!r}] = {bad!r}, which the reference rejects, built a flow without an error")
+        for how, build in _builders(ctx, FlowSpec(spec.kind, config, spec.params)):
+            try:
+                build()
+            except NotSupported:
+                continue  # this way of building does not exist for the kind (a composite): not a rejection
+            except Exception as exc:  # noqa: BLE001 - any error counts if it names the key
+                named = [k for k in {*spec.config, key} if k in str(exc)]  # the conflict may be reported on a partner key
+                ctx.require(bool(named), f"config[{key!r}] = {bad!r} {how} raised {type(exc).__name__} "
+                                         f"without naming a config key: {exc}")
+                continue
+            raise PropertyFailure(f"config[{key!r}] = {bad!r}, which the reference rejects, {how} built a flow "
+                                  f"without an error")
     ctx.record(0.0, 0.0)
+
+
+def _declares_invalid_params(kind: str) -> bool:
+    return bool(namespace.kind(kind).extras.get("invalid_params"))
+
+
+@prop("invalid_params_rejected", requires=["white_box"], kinds=_declares_invalid_params, claim="validation")
+def invalid_params_rejected(ctx: CheckContext) -> None:
+    """A parameter outside its domain is refused by the load, the forward or the inverse, with an
+    error naming it (module docstring)."""
+    spec = ctx.draw_spec()
+    x = ctx.draw_input(spec)
+    checked = 0
+    for description, name, make in namespace.kind(spec.kind).extras["invalid_params"]:
+        bad = make(dict(spec.params))
+        if bad is None:
+            continue  # not applicable to this config (one channel)
+        checked += 1
+        error = _first_error(ctx, FlowSpec(spec.kind, spec.config, {**spec.params, **bad}), x)
+        if error is None:
+            raise PropertyFailure(f"{description}: loaded, and its forward and inverse returned values without an error")
+        ctx.require(name in str(error), f"{description}: {type(error).__name__} without naming param {name!r}: {error}")
+    ctx.record(0.0, 0.0)
+
+
+def _first_error(ctx: CheckContext, spec: FlowSpec, x: np.ndarray) -> BaseException | None:
+    """The error of the first of load, forward and inverse (where supported) that raises, else None."""
+    try:
+        flow = ctx.load(spec)
+        z, _ = ctx.adapter.forward(flow, x)
+        if ctx.adapter.capabilities().has("inverse"):
+            ctx.adapter.inverse(flow, z)
+    except NotSupported:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the refusal examined by the caller
+        return exc
+    return None
+
+
+def _builders(ctx: CheckContext, spec: FlowSpec) -> list[tuple[str, Any]]:
+    """The ways the flow of ``spec`` gets built: from the spec (as the suite loads it) and, where the
+    adapter has ``construct``, constructed from the config alone, as a user constructs it (a path
+    that need not pass through the spec loader's checks)."""
+    builders = [("loaded from a spec", lambda: ctx.instantiate(spec))]
+    if ctx.adapter.capabilities().has("construct"):
+        builders.append(("constructed", lambda: ctx.adapter.construct(spec.kind, spec.config, ctx.dtype, ctx.device)))
+    return builders

@@ -10,7 +10,7 @@ samples for a two-level model of the smallest size (C = 1, 4×4, K = 1, depth 1)
 K and depth, so the generic properties' strategy keeps two-level models at that size and depth 1
 throughout (``glow``'s conformance run takes about 35 s of one core, 40 % of it in
 ``grad_matches_reference``); the learned-prior property, which needs no Jacobian of the model,
-draws two-level models with every C, K and depth.
+draws two- and three-level models (sides 4 and 8) with every C, K and depth.
 
 **Parameters.** Every child starts from its kind's generic random parameters
 (:func:`flowspec.reference.glow.glow_params`, conditioners' last layers non-zero, ActNorms marked
@@ -50,6 +50,10 @@ LEVELS = (1, 2)
 CHANNELS = (1, 2)
 STEPS = (1, 2)
 SIDES = (2, 4)
+# The learned-prior property needs no Jacobian of the model, so it also draws three levels (H = W = 8):
+# with two, ``levels - 1`` priors is one prior, as ``levels // 2`` would be.
+PRIOR_LEVELS = (2, 3)
+PRIOR_SIDES = (4, 8)
 DEPTHS = (1, 2)
 SCALE_FACTORS = (0.5, 1.0, 2.0)
 LOG_SCALE_FACTOR = 0.2  # ActNorm log-scales, 1×1 convolutions' log-diagonals
@@ -73,10 +77,11 @@ def near_init(spec: FlowSpec) -> FlowSpec:
 
 
 @st.composite
-def _glow(draw: Any, levels: tuple[int, ...] = LEVELS, small: bool = True) -> FlowSpec:
+def _glow(draw: Any, levels: tuple[int, ...] = LEVELS, small: bool = True,
+          sides: tuple[int, ...] = SIDES) -> FlowSpec:
     """Glow specs (module docstring); ``small``: depth 1, and C = 1, K = 1 for two levels."""
     n_levels = draw(axis("levels", levels))
-    sides = [s for s in SIDES if s % 2 ** n_levels == 0]
+    sides = [s for s in sides if s % 2 ** n_levels == 0]
     full = not small or n_levels == 1
     config = {
         "shape": [draw(axis("channels", CHANNELS if full else CHANNELS[:1])), draw(axis("height", sides)),
@@ -95,7 +100,8 @@ def _glow_specs():
     return _glow()
 
 
-PRIOR_SPECS["glow"] = lambda: _glow(levels=(2,), small=False)
+PRIOR_SPECS["glow"] = lambda: _glow(levels=PRIOR_LEVELS, small=False, sides=PRIOR_SIDES)
 
-declare_axes("glow", levels=LEVELS, steps=STEPS, coupling=COUPLINGS, channels=CHANNELS, height=SIDES, width=SIDES,
+declare_axes("glow", levels=sorted({*LEVELS, *PRIOR_LEVELS}), steps=STEPS, coupling=COUPLINGS, channels=CHANNELS,
+             height=sorted({*SIDES, *PRIOR_SIDES}), width=sorted({*SIDES, *PRIOR_SIDES}),
              hidden=range(1, 4), depth=DEPTHS, activation=sorted(ACTIVATIONS), scale_factor=SCALE_FACTORS)

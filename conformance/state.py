@@ -20,6 +20,11 @@ from its first batch, and converts it with ``.to(dtype)``. Each is a property he
   a data-dependent initialisation, ``extras["init"]``): a fresh module's first training forward
   initialises by the reference's rule, also from a batch of one and with a constant channel, and
   later forwards (training and evaluation) do not initialise again;
+* ``data_init_checkpointed`` (also ``state``): the checkpoint of a module so initialised, loaded
+  into another fresh module, is an initialised state (its first training forward does not
+  initialise again);
+* ``spec_export_round_trip`` (white-box, hook ``to_spec``): the spec a loaded flow exports describes
+  the same map (the reference's z and log|det| at it are those at the loaded spec);
 * ``convert_dtype`` (black-box, ``convert`` and ``state``): a flow built and evaluated in the other
   dtype, then converted with ``.to``, gives the same values as the same state loaded into a flow
   built in this dtype (and, white-box, the reference's z and log|det| at the converted parameters).
@@ -50,7 +55,7 @@ from . import namespace, strategies
 from .conventions import actnorm_initialised
 from .covering import axis, declare_axes
 from .finite_diff import ROUND
-from .property import CheckContext, deterministic_training, prop
+from .property import CheckContext, PropertyFailure, deterministic_training, prop
 from .seeding import rng, seed_for
 from .strategies import event_size
 from .tolerances import relative_error
@@ -228,6 +233,29 @@ def forward_with_grad_matches_fd_jacobian(ctx: CheckContext) -> None:
     ctx.assert_close(logdet, expected, "fd_logdet", size, "log|det| with gradients vs finite differences", kappa)
 
 
+# ----------------------------------------------------------------------------- exported specs
+
+@prop("spec_export_round_trip", requires=["white_box", "to_spec"])
+def spec_export_round_trip(ctx: CheckContext) -> None:
+    """The spec a loaded flow exports (hook ``to_spec``: what a user saves to rebuild the model
+    elsewhere) is of the same kind, its config is one the reference accepts, and the reference's z
+    and log|det| at it are those at the loaded spec with its parameters rounded to the dtype under
+    test: a config key exported wrong (a list cut short, a default written in its place) changes
+    the exported model even where the loaded flow itself is right."""
+    spec, x, c = draw_deterministic(ctx)
+    exported = ctx.adapter.call_hook(ctx.load(spec), "to_spec")
+    ctx.require(isinstance(exported, FlowSpec) and exported.kind == spec.kind,
+                f"to_spec returned {exported!r}, not a spec of kind {spec.kind!r}")
+    try:
+        z, logdet = reference.forward_and_log_abs_det(exported, x, c)
+    except Exception as exc:  # noqa: BLE001 - the reference refuses the export: the failure reported
+        raise PropertyFailure(f"the reference refuses the exported spec: {type(exc).__name__}: {exc}") from exc
+    expected = rounded(spec, ctx.dtype)
+    size = event_size(spec)
+    ctx.assert_close(z, reference.forward(expected, x, c), "forward", size, "z of the exported spec")
+    ctx.assert_close(logdet, reference.log_abs_det(expected, x, c), "logdet", size, "log|det| of the exported spec")
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 @prop("state_round_trip", requires=["black_box", "state"])
@@ -306,20 +334,48 @@ def data_init_from_fresh(ctx: CheckContext) -> None:
     parameters; a second batch, in training and in evaluation mode, sees the same parameters."""
     spec = ctx.draw_spec()
     x = _init_batch(ctx, spec)
-    flow = ctx.adapter.fresh(spec.kind, spec.config, seed_for("fresh", spec.to_json()), ctx.dtype, ctx.device)
+    flow = _fresh(ctx, spec)
     initialised = FlowSpec(spec.kind, spec.config,
                            actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
-    size = event_size(spec)
     batches = {"the initialising batch": x, "a later batch": ctx.draw_input(spec)}
     for mode, training in (("training", True), ("evaluation", False)):
         ctx.adapter.set_training(flow, training)
         for name, batch in batches.items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # a documented notice of a constant channel
-                z, logdet = ctx.adapter.forward(flow, batch)
-            what = f"on {name} in {mode} mode after initialisation"
-            ctx.assert_close(z, reference.forward(initialised, batch), "forward", size, f"z {what}")
-            ctx.assert_close(logdet, reference.log_abs_det(initialised, batch), "logdet", size, f"log|det| {what}")
+            _check_initialised(ctx, flow, initialised, batch, f"on {name} in {mode} mode after initialisation")
+
+
+@prop("data_init_checkpointed", requires=["black_box", "fresh", "train_eval", "state"], kinds=_has_data_init)
+def data_init_checkpointed(ctx: CheckContext) -> None:
+    """The checkpoint of a module initialised by its first training forward, loaded into another
+    fresh module, is an initialised state: that module's first training forward, on another batch,
+    keeps the loaded parameters (z and log|det| are the reference's at the first batch's
+    initialisation) instead of initialising from its own batch."""
+    spec = ctx.draw_spec()
+    x = _init_batch(ctx, spec)
+    initialised = FlowSpec(spec.kind, spec.config,
+                           actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
+    source = _fresh(ctx, spec)
+    ctx.adapter.set_training(source, True)
+    _check_initialised(ctx, source, initialised, x, "on the initialising batch")
+    target = _fresh(ctx, spec)
+    ctx.adapter.load_state(target, ctx.adapter.save_state(source))
+    ctx.adapter.set_training(target, True)
+    _check_initialised(ctx, target, initialised, ctx.draw_input(spec),
+                       "on another batch, in training mode, after loading the initialised checkpoint")
+
+
+def _fresh(ctx: CheckContext, spec: FlowSpec) -> Any:
+    return ctx.adapter.fresh(spec.kind, spec.config, seed_for("fresh", spec.to_json()), ctx.dtype, ctx.device)
+
+
+def _check_initialised(ctx: CheckContext, flow: Any, initialised: FlowSpec, batch: np.ndarray, what: str) -> None:
+    """z and log|det| of ``flow`` on ``batch`` are the reference's at the initialised spec."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a documented notice of a constant channel
+        z, logdet = ctx.adapter.forward(flow, batch)
+    size = event_size(initialised)
+    ctx.assert_close(z, reference.forward(initialised, batch), "forward", size, f"z {what}")
+    ctx.assert_close(logdet, reference.log_abs_det(initialised, batch), "logdet", size, f"log|det| {what}")
 
 
 # ----------------------------------------------------------------------------- dtype conversion

@@ -13,8 +13,9 @@ The protocol's state and mode operations (:mod:`.adapter`) are those of any ``nn
 ``module.to(dtype)``; ``parameters`` / ``set_parameters`` read and overwrite the tensors of
 ``module.spec_parameters()`` (else its trainable named parameters) in place under ``no_grad`` with
 ``copy_``, as an optimiser step does; ``reseed`` is ``torch.manual_seed``; ``inverse_vjp`` is
-autograd through ``module.inverse``. Two are optional: ``fresh`` needs a ``fresh(kind, config,
-seed) -> module`` callable (a module before its data-dependent initialisation), and
+autograd through ``module.inverse``. Three are optional: ``fresh`` needs a ``fresh(kind, config,
+seed) -> module`` callable (a module before its data-dependent initialisation), ``construct`` a
+``constructor(kind, config) -> module`` callable (the library's own constructor), and
 ``inverse_logdet`` a module method ``inverse_and_logdet(z, context) -> (x, log|det ∂x/∂z|)``, named
 in ``hooks``.
 
@@ -93,6 +94,7 @@ class TorchFlowAdapter(Adapter):
         builder: Callable[[FlowSpec], Any] | None = None,
         instantiator: Callable[[str, Mapping[str, Any], int], Any] | None = None,
         fresh: Callable[[str, Mapping[str, Any], int], Any] | None = None,
+        constructor: Callable[[str, Mapping[str, Any]], Any] | None = None,
         hooks: set[str] = frozenset(),
         input_errors: tuple[type[BaseException], ...] = (Exception,),
         white_box: bool = True,
@@ -103,7 +105,9 @@ class TorchFlowAdapter(Adapter):
         self._builder = builder
         self._instantiator = instantiator
         self._fresh = fresh
-        self._hooks = frozenset(MODULE_REQUIREMENTS | set(hooks) | ({"fresh"} if fresh is not None else set()))
+        self._constructor = constructor
+        self._hooks = frozenset(MODULE_REQUIREMENTS | set(hooks) | ({"fresh"} if fresh is not None else set())
+                                | ({"construct"} if constructor is not None else set()))
         self._input_errors = input_errors
         self._white_box = white_box and builder is not None
         self._native_direction = native_direction
@@ -144,6 +148,11 @@ class TorchFlowAdapter(Adapter):
         if self._fresh is None:
             return super().fresh(kind, config, seed, dtype, device)
         return self._place(self._fresh(kind, config, seed), dtype, device)
+
+    def construct(self, kind: str, config: Mapping[str, Any], dtype: str, device: str) -> Any:
+        if self._constructor is None:
+            return super().construct(kind, config, dtype, device)
+        return self._place(self._constructor(kind, config), dtype, device)
 
     # ------------------------------------------------------------------ conversion
     def _ref(self, module: Any):

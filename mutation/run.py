@@ -5,6 +5,7 @@ cosmic-ray does the mutating and the running; this script only prepares a sessio
     python mutation/run.py config FAMILY     # write mutation/config/FAMILY.toml
     python mutation/run.py run FAMILY        # clean run, init, sample, exec, report
     python mutation/run.py report FAMILY     # rewrite mutation/results/FAMILY.json from the session
+    python mutation/run.py retest FAMILY     # the report's survivors against the current suite
     python mutation/run.py table             # the README's score table from mutation/results/
 
 ``run`` checks that the unmutated code passes the family's test (exit 0) and times it, lets
@@ -308,6 +309,7 @@ def report(family: Family, clean_s: float | None = None, wall_s: float | None = 
     path = result_path(family.name)
     previous = json.loads(path.read_text()) if path.exists() else {}
     equivalents = load_equivalents(family.name)
+    retests = {m["key"]: m["retest"] for m in previous.get("mutants", []) if "retest" in m}
     mutants = []
     with use_db(str(session_path(family.name)), WorkDB.Mode.open) as db:
         total = db.num_work_items
@@ -325,6 +327,8 @@ def report(family: Family, clean_s: float | None = None, wall_s: float | None = 
             mutants.append({"key": key, "line": m.start_pos[0], "definition": m.definition_name,
                             "outcome": outcome, "compiles": outcome != "crash" or compiles(item),
                             "failed": failed, "diff": result.diff, "equivalent_because": equivalents.get(key)})
+            if clean_s is None and key in retests:  # the same session reported again: keep its retest
+                mutants[-1]["retest"] = retests[key]
         pending = sum(1 for _ in db.pending_work_items)
     mutants.sort(key=lambda r: (r["line"], r["key"]))
     counts = {k: sum(r["outcome"] == k for r in mutants) for k in ("killed", "survived", "equivalent", "timeout", "crash")}
@@ -332,7 +336,8 @@ def report(family: Family, clean_s: float | None = None, wall_s: float | None = 
     detected = counts["killed"] + counts["timeout"] + counts["crash"]
     uncompilable = sum(not r["compiles"] for r in mutants)
     out = {
-        "family": family.name, "file": f"accelerated/{family.name}.py", "test_command": configured_command(family.name),
+        "family": family.name, "commit": previous.get("commit") if clean_s is None else _commit(),
+        "file": f"accelerated/{family.name}.py", "test_command": configured_command(family.name),
         "tool": "cosmic-ray " + _version("cosmic-ray"), "seed": SEED, "sample_size": SAMPLE_SIZE,
         "sampling": SAMPLING,
         "mutants_in_file": total, "left_out_of_population": left_out if left_out is not None
@@ -346,6 +351,8 @@ def report(family: Family, clean_s: float | None = None, wall_s: float | None = 
         "wall_s": round(wall_s, 1) if wall_s is not None else previous.get("wall_s"),
         "mutants": mutants,
     }
+    if clean_s is None:
+        out.update({k: previous[k] for k in ("retested_at", "killed_on_retest", "score_after_retest") if k in previous})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     return out
@@ -372,11 +379,55 @@ def run(family: Family) -> dict:
     return report(family, clean_s, time.monotonic() - start, reasons)
 
 
+def _changed_lines(diff: str) -> list[str]:
+    return [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def retest(family: Family) -> dict:
+    """Test every survivor of ``results/FAMILY.json`` again with the family's test command on the
+    current suite (``cosmic-ray mutate-and-test`` applies the mutant to the file, tests, restores it).
+    A survivor whose mutation no longer gives the recorded diff (the source changed since the run)
+    is recorded as ``"source changed"``, not tested. Each result goes into the mutant's ``retest``
+    entry with the commit; ``score_after_retest`` counts the survivors killed since."""
+    path = result_path(family.name)
+    out = json.loads(path.read_text())
+    commit, cosmic = _commit(), str(Path(sys.executable).parent / "cosmic-ray")
+    command = configured_command(family.name)
+    for m in out["mutants"]:
+        if m["outcome"] != "survived":
+            continue
+        operator, occurrence = m["key"].rsplit("#", 1)
+        proc = subprocess.run([cosmic, "mutate-and-test", out["file"], operator, occurrence, command], cwd=ROOT,
+                              capture_output=True, text=True)
+        result = WorkResult(**{k: v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()
+                               if k in ("worker_outcome", "output", "test_outcome", "diff")})
+        if _changed_lines(result.diff or "") != _changed_lines(m["diff"]):
+            m["retest"] = {"commit": commit, "outcome": "source changed", "failed": []}
+            continue
+        outcome, failed = classify(result)
+        m["retest"] = {"commit": commit, "outcome": outcome, "failed": failed}
+        print(f"{family.name} {m['key']}: {outcome} {failed}", flush=True)
+    retested = [m for m in out["mutants"] if m["outcome"] == "survived" and m.get("retest")]
+    killed = sum(m["retest"]["outcome"] in ("killed", "timeout", "crash") for m in retested)
+    denominator = out["sampled"] - out["equivalent"]
+    out["retested_at"] = commit
+    out["killed_on_retest"] = killed
+    out["score_after_retest"] = round((out["killed"] + out["timeout"] + out["crash"] + killed) / denominator, 4)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def table(folder: Path = HERE / "results") -> str:
     """One markdown row per family with a report in ``folder``: the counts and the score."""
-    rows = ["| family | kinds (float64) | mutants | left out: annotation only / not compiling | sampled | "
-            "killed | survived | equivalent | timeouts | crashes | score |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| family | commit | kinds (float64) | mutants | left out: annotation only / not compiling | sampled | "
+            "killed | survived | equivalent | timeouts | crashes | score | survivors killed on retest (commit) | "
+            "score after retest |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in FAMILIES:
         path = folder / f"{name}.json"
         if not path.exists():
@@ -387,14 +438,17 @@ def table(folder: Path = HERE / "results") -> str:
         left = f"{out.get('annotation only', 0)} / {out.get('does not compile', 0)}" if out else "none"
         score = "n/a" if r["score"] is None else f"{r['score']:.3f}"
         pending = f" ({r['pending']} not run)" if r["pending"] else ""
-        rows.append(f"| {name} | {kinds} | {r['mutants_in_file']} | {left} | {r['sampled']}{pending} | "
-                    f"{r['killed']} | {r['survived']} | {r['equivalent']} | {r['timeout']} | {r['crash']} | {score} |")
+        retest = (f"{r['killed_on_retest']} of {r['survived']} ({r['retested_at']}) | {r['score_after_retest']:.3f}"
+                  if "retested_at" in r else "— | —")
+        rows.append(f"| {name} | {r.get('commit', '—')} | {kinds} | {r['mutants_in_file']} | {left} | "
+                    f"{r['sampled']}{pending} | {r['killed']} | {r['survived']} | {r['equivalent']} | {r['timeout']} | "
+                    f"{r['crash']} | {score} | {retest} |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("config", "run", "report", "table"))
+    parser.add_argument("action", choices=("config", "run", "report", "retest", "table"))
     parser.add_argument("family", nargs="?", choices=sorted(FAMILIES))
     args = parser.parse_args(argv)
     if args.action == "table":
@@ -408,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "config":
         print(write_config(family, MIN_TIMEOUT_S))
         return 0
-    out = run(family) if args.action == "run" else report(family)
+    out = {"run": run, "report": report, "retest": retest}[args.action](family)
     print(json.dumps({k: v for k, v in out.items() if k != "mutants"}, indent=1))
     return 0
 

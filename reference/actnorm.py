@@ -95,5 +95,8 @@ register(Kind(
     name=KIND, family=FAMILY, forward=actnorm_forward, inverse=actnorm_inverse,
     event_shape=shape_of, init_params=actnorm_params, check_config=shape_of, config_keys=frozenset({"shape"}), 
     summary="z = (x + bias)·exp(log_scale) per channel, with data-dependent initialisation",
-    extras={"init": actnorm_init},
+    extras={"init": actnorm_init, "invalid_params": (
+        ("the initialised flag 0.5", "initialized", lambda params: {"initialized": np.array(0.5)}),
+        ("the initialised flag as a vector [1]", "initialized", lambda params: {"initialized": np.array([1.0])}),
+    )},
 ))

@@ -71,11 +71,35 @@ def conv1x1_params(config: Mapping[str, Any], rng: np.random.Generator) -> dict[
     return {"weight": weight}
 
 
+def _singular(params: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The weight with its last row replaced by its first (zeroed for C = 1): det W = 0."""
+    w = np.array(params["weight"], dtype=np.float64)
+    w[-1] = w[0] if w.shape[0] > 1 else 0.0
+    return {"weight": w}
+
+
+def _row_of_two_ones(params: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """P with its first row the sum of its first two and its second row zero: every column still
+    sums to 1, the rows do not (None for C = 1)."""
+    p = np.array(params["P"], dtype=np.float64)
+    if p.shape[0] < 2:
+        return None
+    p[0], p[1] = p[0] + p[1], 0.0
+    return {"P": p}
+
+
+def _half_sign(params: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    sign = np.array(params["sign_s"], dtype=np.float64)
+    sign[0] = 0.5
+    return {"sign_s": sign}
+
+
 register(Kind(
     name="conv1x1", family=FAMILY, forward=conv1x1_forward, inverse=conv1x1_inverse,
     event_shape=image_shape, init_params=conv1x1_params, check_config=image_shape,
     config_keys=frozenset({"channels", "height", "width"}),
     summary="invertible 1×1 convolution with a full C×C weight, log|det| = H·W·log|det W|",
+    extras={"invalid_params": (("a singular weight", "weight", _singular),)},
 ))
 
 
@@ -127,4 +151,6 @@ register(Kind(
     event_shape=image_shape, init_params=conv1x1_lu_params, check_config=image_shape,
     config_keys=frozenset({"channels", "height", "width"}),
     summary="LU-parameterised invertible 1×1 convolution, log|det| = H·W·Σ log_s",
+    extras={"invalid_params": (("P with a row of two ones (columns still sum to 1)", "P", _row_of_two_ones),
+                               ("sign_s with an entry 0.5", "sign_s", _half_sign))},
 ))

@@ -165,7 +165,7 @@ class Layer:
 
 
 def orders_of(config: Mapping[str, Any], n_layers: int) -> tuple[float, ...]:
-    orders = tuple(float(p) for p in config.get("orders", (2.0,) * n_layers))
+    orders = tuple(float(p) for p in config_sequence(config, "orders", (2.0,) * n_layers))
     if len(orders) != n_layers or not all(p >= 1.0 for p in orders):
         raise ConfigError(f"config['orders'] must list {n_layers} norm orders in [1, ∞], got {orders!r}")
     learn = config.get("learn_orders", False)

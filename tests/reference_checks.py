@@ -1,14 +1,32 @@
 """Comparisons of an accelerated flow with the reference that several test modules share."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+from hypothesis import HealthCheck, Phase, find, settings
 
-from flowspec import reference
+from flowspec import reference, registry
+from flowspec.conformance import load_families, strategies
 from flowspec.accelerated import from_spec
 from flowspec.conformance.strategies import event_size
 from flowspec.conformance.tolerances import assert_close
 from flowspec.spec import FlowSpec
+
+
+def checked_kinds() -> list[str]:
+    """Every registered kind with conformance strategies, sorted (new kinds join automatically)."""
+    load_families()
+    return sorted(k for k in registry.names() if strategies.has_specs(k))
+
+
+@functools.lru_cache(maxsize=None)
+def spec_of(kind: str) -> FlowSpec:
+    """The first spec the kind's strategy draws (derandomized, not shrunk)."""
+    return find(strategies.specs(kind), lambda s: True,
+                settings=settings(database=None, derandomize=True, phases=(Phase.generate,),
+                                  suppress_health_check=list(HealthCheck)))
 
 
 def assert_vjp_matches_reference(spec: FlowSpec, x: np.ndarray, z_weight: np.ndarray, logdet_weight: np.ndarray) -> None:

@@ -12,7 +12,6 @@ random malformed specs and inputs and requires a flowspec exception or a correct
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import Any, Callable
@@ -20,25 +19,17 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, find, given, seed, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from reference_checks import checked_kinds, spec_of
 
 from flowspec import FlowSpec, reference, registry
 from flowspec.accelerated import FlowDistribution, from_spec, quar, residual
-from flowspec.conformance import load_families, strategies
+from flowspec.conformance import strategies
 from flowspec.conformance.seeding import rng, seed_for
 from flowspec.errors import ConfigError, DomainError, FlowError, FlowInputError
 
-load_families()
-KINDS = sorted(k for k in registry.names() if strategies.has_specs(k))
-
-
-@functools.lru_cache(maxsize=None)
-def spec_of(kind: str) -> FlowSpec:
-    """The first spec the kind's strategy draws (derandomized, not shrunk)."""
-    return find(strategies.specs(kind), lambda s: True,
-                settings=settings(database=None, derandomize=True, phases=(Phase.generate,),
-                                  suppress_health_check=list(HealthCheck)))
+KINDS = checked_kinds()
 
 
 def _event(spec: FlowSpec) -> tuple[int, ...]:

@@ -1,10 +1,15 @@
 """Trained models reload exactly: a few optimiser steps, then ``state_dict`` → ``load_state_dict``
 (bit-identical in training and evaluation mode) and ``to_spec`` → JSON → ``from_spec`` (bit-identical
 in evaluation mode), for every family's typical model, residual and QuAR models at their constraints
-included, in float64; float32 specs of constrained models load (within the rounding allowance)."""
+included, in float64; float32 specs of constrained models load (within the rounding allowance); and
+every kind's checkpoint layout (``state_dict`` keys, shapes and dtypes) is the recorded one, so that a
+checkpoint written by one release loads strictly into the next."""
 from __future__ import annotations
 
-from typing import Callable
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -15,6 +20,7 @@ from flowspec.accelerated import FlowDistribution, from_spec, quar, residual
 from flowspec.accelerated.lipschitz import _LipschitzLayer
 from flowspec.conformance.seeding import rng, seed_for
 from flowspec.errors import ConfigError
+from reference_checks import checked_kinds, spec_of
 
 Builder = Callable[[], torch.nn.Module]
 
@@ -134,3 +140,44 @@ def test_a_weight_beyond_the_rounding_allowance_is_refused() -> None:
     beyond = FlowSpec(spec.kind, spec.config, {**spec.params, "weight0": at_constraint * (1.0 + 1e-3)})
     with pytest.raises(ConfigError, match=r"param 'weight0': the loaded weight has estimated norm 0.9009.* > coeff 0.9"):
         from_spec(beyond)
+
+
+# ----------------------------------------------------------------------------- checkpoint layouts
+
+LAYOUTS = Path(__file__).parent / "data" / "checkpoint_layouts.json"
+WRITE_LAYOUTS = "FLOWSPEC_WRITE_LAYOUTS"  # set to 1 to record the current layouts (a deliberate format change)
+
+
+def _entry(value: Any) -> Any:
+    """A ``state_dict`` entry as recorded: a tensor's shape and dtype, an extra state's keys."""
+    if isinstance(value, torch.Tensor):
+        return [list(value.shape), str(value.dtype)]
+    return sorted(value) if isinstance(value, dict) else type(value).__name__
+
+
+def _layout(kind: str) -> dict[str, Any]:
+    """The config of the kind's first drawn spec and the ``state_dict`` layout of its flow."""
+    spec = spec_of(kind)
+    return {"config": spec.to_dict()["config"],
+            "state_dict": {k: _entry(v) for k, v in from_spec(spec).state_dict().items()}}
+
+
+def test_checkpoint_layouts_are_recorded_for_every_kind() -> None:
+    if os.environ.get(WRITE_LAYOUTS) == "1":
+        LAYOUTS.parent.mkdir(exist_ok=True)
+        LAYOUTS.write_text(json.dumps({k: _layout(k) for k in checked_kinds()}, indent=1, sort_keys=True) + "\n")
+    assert sorted(json.loads(LAYOUTS.read_text())) == checked_kinds(), f"rewrite {LAYOUTS.name} with {WRITE_LAYOUTS}=1"
+
+
+@pytest.mark.parametrize("kind", checked_kinds())
+def test_checkpoint_layout_is_the_recorded_one(kind: str) -> None:
+    """A key added (a buffer made persistent), removed, renamed or reshaped means a checkpoint of this
+    build does not load strictly into the previous one, or the other way round."""
+    recorded = json.loads(LAYOUTS.read_text())[kind]
+    now = _layout(kind)
+    assert now["config"] == recorded["config"], (
+        f"{kind}: the first drawn spec changed, so the layouts must be rewritten ({WRITE_LAYOUTS}=1)")
+    mine, theirs = now["state_dict"], recorded["state_dict"]
+    changed = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+    assert mine == theirs, (f"{kind}: checkpoint layout changed: added {sorted(set(mine) - set(theirs))}, "
+                            f"removed {sorted(set(theirs) - set(mine))}, changed {changed}")

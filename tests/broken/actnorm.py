@@ -63,9 +63,23 @@ class ActNormFusedEvalPath(ActNorm):
         return z, (self._positions * self.log_scale.sum()).expand(x.shape[0])
 
 
+class ActNormFlagOnlyInMemory(ActNorm):
+    """The data-dependent initialisation is remembered in a Python attribute only and the
+    ``initialized`` buffer is left as it was: the checkpoint of a module initialised by its first
+    batch says "not initialised", and a module loaded from it initialises again from its own first
+    training batch. A module loaded from a spec (flag 1) is right, so ``state_round_trip`` passes."""
+
+    @torch.no_grad()
+    def initialize(self, x):
+        super().initialize(x)
+        self.initialized.fill_(False)
+
+
 CASES = [
     BrokenCase("actnorm initialized flag not in the state_dict", "actnorm", ActNormFlagNotPersisted,
                white_box=("state_round_trip",), black_box=("state_round_trip",)),
+    BrokenCase("actnorm initialisation remembered in memory only", "actnorm", ActNormFlagOnlyInMemory,
+               white_box=("data_init_checkpointed",), black_box=("data_init_checkpointed",)),
     BrokenCase("actnorm initialisation takes log of a zero std", "actnorm", ActNormLogOfZeroStd,
                white_box=("data_init_from_fresh",), black_box=("data_init_from_fresh",)),
     BrokenCase("actnorm fused evaluation path forgets to scale the bias", "actnorm", ActNormFusedEvalPath,

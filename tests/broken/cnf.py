@@ -81,7 +81,17 @@ class CNFAdjointDropsLogdet(CNF):
         return self._solve(_DetachedTrace(self, trace), (x, x.new_zeros(x.shape[0])), reverse)
 
 
+class CNFAlwaysRademacher(CNF):
+    """Rademacher probes whatever ``probe`` says (FFJORD's code defaults to them): the estimate stays
+    unbiased, so only the probes themselves show that the config was ignored."""
+
+    def _draw_probe(self, x):
+        return torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2.0 - 1.0
+
+
 CASES = [
+    BrokenCase("cnf probe config ignored (always Rademacher)", "cnf", CNFAlwaysRademacher,
+               white_box=("cnf_forward_probes",)),
     BrokenCase("cnf_probe_per_step", "cnf", CNFProbePerStep, white_box=("cnf_estimate_exact",)),
     BrokenCase("cnf_inverse_forward_again", "cnf", CNFInverseForwardAgain,
                white_box=("inverse_matches_reference",), black_box=("inverse_round_trip",)),

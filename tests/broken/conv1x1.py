@@ -65,7 +65,43 @@ class Conv1x1CachedInverseAcrossDtypes(Conv1x1):
         return (self._inverse_cache.to(z.dtype) @ self._pixels_as_columns(z)).reshape(z.shape)
 
 
+class Conv1x1SolveCatchesOnlyLinAlgError(Conv1x1):
+    """The inverse trusts ``torch.linalg.solve`` to report a singular weight: it raises only when
+    LU meets an exactly zero pivot, and a weight singular in exact arithmetic (two equal rows) rounds
+    to a tiny pivot in float64, so the solve returns huge values without an error."""
+
+    def _inverse(self, z, context):
+        return torch.linalg.solve(self.weight, self._pixels_as_columns(z)).reshape(z.shape)
+
+
+class Conv1x1LUPermutationByColumnsOnly(Conv1x1LU):
+    """``P`` is checked for 0/1 entries and column sums of 1 only: a matrix with a row of two ones
+    and a zero row passes, and W = P·L·U is singular."""
+
+    def load_spec_params(self, spec):
+        p = torch.as_tensor(spec.params["P"])
+        super(Conv1x1LU, self).load_spec_params(spec)
+        if not (bool(((p == 0) | (p == 1)).all()) and bool((p.sum(0) == 1).all())):
+            raise ValueError("param 'P' must be a permutation matrix")
+
+
+class Conv1x1ZeroInitialised(Conv1x1):
+    """The weight is created as zeros "to be filled by the initialiser", and the random rotation is
+    never written: every flow loaded from a spec is right, every freshly constructed one singular."""
+
+    def __init__(self, channels, height, width, *, validate_args=None):
+        super().__init__(channels, height, width, validate_args=validate_args)
+        with torch.no_grad():
+            self.weight.zero_()
+
+
 CASES = [
+    BrokenCase("conv1x1 fresh weight left at zeros", "conv1x1", Conv1x1ZeroInitialised,
+               white_box=("fresh_flow_round_trip",), black_box=("fresh_flow_round_trip",)),
+    BrokenCase("conv1x1 inverse relies on LinAlgError for a singular weight", "conv1x1",
+               Conv1x1SolveCatchesOnlyLinAlgError, white_box=("invalid_params_rejected",)),
+    BrokenCase("conv1x1_lu permutation checked by its column sums only", "conv1x1_lu",
+               Conv1x1LUPermutationByColumnsOnly, white_box=("invalid_params_rejected",)),
     BrokenCase("conv1x1_lu caches the assembled weight for good", "conv1x1_lu", Conv1x1LUCachedWeight,
                white_box=("state_round_trip", "convert_dtype"), black_box=("state_round_trip", "convert_dtype")),
     BrokenCase("conv1x1 inverse computed without gradients", "conv1x1", Conv1x1InverseWithoutGrad,

@@ -72,6 +72,21 @@ class GlowSamplesWithoutPrior(Glow):
         return h, None
 
 
+class GlowPriorAtFirstSplitOnly(Glow):
+    """Only the first split standardises its factored half by the learned prior; later splits pass
+    it on as it is (code written for the two-level model, which has one split). Two-level models
+    cannot show it: the learned-prior property also draws three levels."""
+
+    def _split_prior(self, i, h):
+        return (h, None) if i > 0 else super()._split_prior(i, h)
+
+    def _undo_split_prior(self, i, h):
+        return h if i > 0 else super()._undo_split_prior(i, h)
+
+    def _undo_split_prior_and_logdet(self, i, h):
+        return (h, None) if i > 0 else super()._undo_split_prior_and_logdet(i, h)
+
+
 CASES = [
     BrokenCase("glow split prior ignores the kept half", "glow", GlowPriorIgnoresKeptHalf,
                white_box=("forward_matches_reference", "split_prior_matches_reference")),
@@ -80,6 +95,8 @@ CASES = [
     BrokenCase("glow split prior's log-det dropped", "glow", GlowPriorLogdetDropped,
                white_box=("logdet_matches_reference", "split_prior_matches_reference"),
                black_box=("logdet_matches_fd_jacobian",)),
+    BrokenCase("glow learned prior at the first split only", "glow", GlowPriorAtFirstSplitOnly,
+               white_box=("split_prior_matches_reference",)),
     BrokenCase("glow samples without undoing the split prior", "glow", GlowSamplesWithoutPrior,
                white_box=("inverse_matches_reference",), black_box=("inverse_round_trip",)),
 ]

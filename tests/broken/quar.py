@@ -169,7 +169,29 @@ class ConvertMarksFresh(QuARConv):
         return out
 
 
+class ExportsOutputFactor(QuARMLP):
+    """``config()`` slices the layer factors with ``[1:]`` instead of ``[1:-1]``: the exported
+    ``hidden_factors`` gain the output layer's factor, so the exported spec describes another network
+    (the loaded flow itself is right)."""
+
+    def config(self):
+        return {**super().config(), "hidden_factors": list(self.factors[1:])}
+
+
+class EvenKernelRoundedUp(QuARConv):
+    """The constructor rounds an even kernel size up to the next odd one instead of refusing it: the
+    spec loader's check (the reference's) still refuses it, but a user's direct construction builds
+    a network with other kernels than asked for."""
+
+    def __init__(self, shape, hidden_factors, kernels=(3, 1, 3), *args, **kwargs):
+        super().__init__(shape, hidden_factors, [k + 1 - k % 2 for k in kernels], *args, **kwargs)
+
+
 CASES = [
+    BrokenCase("quar exported hidden_factors include the output factor", "quar_mlp", ExportsOutputFactor,
+               white_box=("spec_export_round_trip",)),
+    BrokenCase("quar_conv constructor rounds even kernels up", "quar_conv", EvenKernelRoundedUp,
+               white_box=("invalid_config_rejected",), black_box=("invalid_config_rejected",)),
     BrokenCase("quar strict MADE mask in the first layer", "quar_mlp", StrictMadeFirstLayer,
                white_box=("quar_diagonal_propagation", "forward_matches_reference"),
                black_box=("quar_logdet_not_zero",)),

@@ -76,7 +76,18 @@ class PositiveNodesOnly(UMNN):
         self.nodes = self._config["nodes"] = nodes
 
 
+class EmbeddingTenByDefault(UMNN):
+    """The default embedding size is 10 (the UMNN authors' experiments) instead of the reference's 4:
+    a config that leaves ``embedding`` out builds conditioner and integrand of other sizes. The
+    specs never draw E = 4 (the strategies use 1 and 3), so only the structural-default check sees it."""
+
+    def __init__(self, dim, order="natural", hidden=(8,), activation="tanh", context_dim=0, embedding=10, **rest):
+        super().__init__(dim, order, hidden, activation, context_dim, embedding, **rest)
+
+
 CASES = [
+    BrokenCase("umnn default embedding 10 instead of the reference's 4", "umnn", EmbeddingTenByDefault,
+               white_box=("config_defaults_match_reference",)),
     BrokenCase("umnn quadrature with N/4 nodes while reporting N", "umnn", QuarterNodes,
                white_box=("umnn_value_within_quadrature_error", "umnn_matches_rule", "umnn_error_estimate")),
     BrokenCase("umnn Clenshaw–Curtis weights with the last cosine term not halved", "umnn", UnhalvedLastCosine,
