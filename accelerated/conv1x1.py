@@ -68,7 +68,7 @@ class Conv1x1(_Conv1x1):
     def _log_abs_det_weight(self) -> Tensor:
         logabsdet = torch.linalg.slogdet(self.weight).logabsdet
         if self.validate_args and not bool(torch.isfinite(logabsdet)):
-            raise NumericalError(f"the weight of conv1x1 is singular: log|det W| = {float(logabsdet)}")
+            raise NumericalError(f"the weight of conv1x1 is singular: log|det W| = {float(logabsdet.detach())}")
         return logabsdet
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:

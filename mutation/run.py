@@ -388,6 +388,22 @@ def _commit() -> str:
                           text=True).stdout.strip()
 
 
+def _apply_equivalents(out: dict, equivalents: dict[str, str]) -> dict:
+    """``out`` (a report) with the survivors judged equivalent since it was written marked so and its
+    counts and score recomputed: what ``report`` would give, without the session it reads."""
+    for m in out["mutants"]:
+        if m["outcome"] == "survived" and m["key"] in equivalents:
+            m["outcome"], m["equivalent_because"] = "equivalent", equivalents[m["key"]]
+    for k in ("survived", "equivalent"):
+        out[k] = sum(m["outcome"] == k for m in out["mutants"])
+    detected = out["killed"] + out["timeout"] + out["crash"]
+    denominator = out["sampled"] - out["equivalent"]
+    out["score"] = round(detected / denominator, 4) if denominator else None
+    compiling = denominator - out["uncompilable"]
+    out["score_compiling"] = round((detected - out["uncompilable"]) / compiling, 4) if compiling > 0 else None
+    return out
+
+
 def retest(family: Family) -> dict:
     """Test every survivor of ``results/FAMILY.json`` again with the family's test command on the
     current suite (``cosmic-ray mutate-and-test`` applies the mutant to the file, tests, restores it).
@@ -395,7 +411,7 @@ def retest(family: Family) -> dict:
     is recorded as ``"source changed"``, not tested. Each result goes into the mutant's ``retest``
     entry with the commit; ``score_after_retest`` counts the survivors killed since."""
     path = result_path(family.name)
-    out = json.loads(path.read_text())
+    out = _apply_equivalents(json.loads(path.read_text()), load_equivalents(family.name))
     commit, cosmic = _commit(), str(Path(sys.executable).parent / "cosmic-ray")
     command = configured_command(family.name)
     for m in out["mutants"]:
