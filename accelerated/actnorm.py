@@ -133,8 +133,7 @@ class ActNorm(_Elementwise):
     @classmethod
     def fresh_from_spec(cls, spec: FlowSpec) -> "ActNorm":
         """A new, uninitialised flow for ``spec``'s config (its params are not loaded)."""
-        if spec.kind != cls.kind:
-            raise ConfigError(f"{cls.__name__} implements kind {cls.kind!r}, not {spec.kind!r}")
+        cls.require_kind(spec)
         return cls(**spec.config).to(torch.float64)
 
     def load_spec_params(self, spec: FlowSpec) -> None:

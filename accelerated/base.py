@@ -198,10 +198,16 @@ class Flow(nn.Module):
         return FlowSpec(self.kind, self.config(), params)
 
     @classmethod
-    def from_spec(cls, spec: FlowSpec) -> "Flow":
-        """Build from ``spec`` (float64, CPU; move it with ``.to``)."""
+    def require_kind(cls, spec: FlowSpec) -> None:
+        """Raise :class:`ConfigError` unless ``spec`` is of this class's kind (every ``from_spec`` and
+        ``fresh_from_spec`` checks this first)."""
         if spec.kind != cls.kind:
             raise ConfigError(f"{cls.__name__} implements kind {cls.kind!r}, not {spec.kind!r}")
+
+    @classmethod
+    def from_spec(cls, spec: FlowSpec) -> "Flow":
+        """Build from ``spec`` (float64, CPU; move it with ``.to``)."""
+        cls.require_kind(spec)
         flow = cls(**spec.config).to(torch.float64)
         flow.load_spec_params(spec)
         return flow

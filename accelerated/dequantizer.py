@@ -129,8 +129,7 @@ class Dequantizer(Flow):
 
     @classmethod
     def from_spec(cls, spec: FlowSpec) -> "Dequantizer":
-        if spec.kind != cls.kind:
-            raise ConfigError(f"{cls.__name__} implements kind {cls.kind!r}, not {spec.kind!r}")
+        cls.require_kind(spec)
         names = sorted(k for k, v in spec.params.items() if isinstance(v, FlowSpec))
         if set(names) != {str(i) for i in range(len(names))}:
             raise ConfigError(f"a dequantizer nests its couplings as the specs '0', '1', …, got {names}")

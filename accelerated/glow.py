@@ -83,8 +83,7 @@ class Glow(MultiScale):
     def from_spec(cls, spec: FlowSpec) -> "Glow":
         """The model of ``spec``'s config with ``spec``'s parameters, after the reference has checked
         that the spec's children are the ones its config describes."""
-        if spec.kind != cls.kind:
-            raise ConfigError(f"{cls.__name__} implements kind {cls.kind!r}, not {spec.kind!r}")
+        cls.require_kind(spec)
         check_structure(spec)
         flow = cls.fresh_from_spec(spec)
         _load(flow, spec)
@@ -93,8 +92,7 @@ class Glow(MultiScale):
     @classmethod
     def fresh_from_spec(cls, spec: FlowSpec) -> "Glow":
         """A new model for ``spec``'s config, initialised as Glow (module docstring); params not loaded."""
-        if spec.kind != cls.kind:
-            raise ConfigError(f"{cls.__name__} implements kind {cls.kind!r}, not {spec.kind!r}")
+        cls.require_kind(spec)
         return cls(**spec.config).to(torch.float64)
 
 

@@ -150,8 +150,7 @@ class MultiScale(Flow):
     def _build(cls, spec: FlowSpec, build: Any) -> "MultiScale":
         """The flow of ``spec`` with its children made by ``build``; the config is validated by the
         reference's rule and must be the one the children give."""
-        if spec.kind != cls.kind:
-            raise ConfigError(f"{cls.__name__} implements kind {cls.kind!r}, not {spec.kind!r}")
+        cls.require_kind(spec)
         registry.get(spec.kind).validate_config(spec.config)
         levels = [build(_child(spec, str(i))) for i in range(spec.config["levels"])]
         priors = [build(_child(spec, prior_name(i))) for i in range(len(levels) - 1)] \

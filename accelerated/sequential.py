@@ -99,8 +99,9 @@ class Sequential(Flow):
     def fresh_from_spec(cls, spec: FlowSpec) -> "Sequential":
         return cls([fresh_from_spec(c) for c in cls._child_specs(spec)])
 
-    @staticmethod
-    def _child_specs(spec: FlowSpec) -> list[FlowSpec]:
+    @classmethod
+    def _child_specs(cls, spec: FlowSpec) -> list[FlowSpec]:
+        cls.require_kind(spec)
         return spec.numbered_children()
 
 

@@ -6,6 +6,7 @@ cosmic-ray does the mutating and the running; this script only prepares a sessio
     python mutation/run.py run FAMILY        # clean run, init, sample, exec, report
     python mutation/run.py report FAMILY     # rewrite mutation/results/FAMILY.json from the session
     python mutation/run.py retest FAMILY     # the report's survivors against the current suite
+    python mutation/run.py unit FAMILY       # the survivors left against tests/test_FAMILY.py
     python mutation/run.py table             # the README's score table from mutation/results/
 
 ``run`` checks that the unmutated code passes the family's test (exit 0) and times it, lets
@@ -208,7 +209,7 @@ def without_annotations(tree: ast.AST) -> str:
     return ast.dump(tree)
 
 
-def excluded(source: str, item: WorkItem) -> str | None:
+def excluded(source: str, item: WorkItem, original: str | None = None) -> str | None:
     """Why a mutant is left out of the population sampled, or None.
 
     * ``"does not compile"``: cosmic-ray also rewrites ``**mapping`` unpacking and the bare ``*``
@@ -216,12 +217,14 @@ def excluded(source: str, item: WorkItem) -> str | None:
     * ``"annotation only"``: the mutant differs from the source only in type annotations, which
       every module of ``accelerated/`` keeps as unevaluated strings (``from __future__ import
       annotations``), so it cannot change any output.
+
+    ``original``, if given, is ``without_annotations(ast.parse(source))``, computed once per file.
     """
     try:
         tree = ast.parse(mutated_source(source, item))
     except SyntaxError:
         return "does not compile"
-    if without_annotations(tree) == without_annotations(ast.parse(source)):
+    if without_annotations(tree) == (original or without_annotations(ast.parse(source))):
         return "annotation only"
     return None
 
@@ -236,13 +239,16 @@ def sample(db: WorkDB, size: int, seed: int) -> tuple[list[str], dict[str, int]]
     """
     items = sorted(db.work_items, key=mutant_key)
     random.Random(seed).shuffle(items)
-    sources: dict[str, str] = {}
+    sources: dict[str, tuple[str, str]] = {}
     reasons: dict[str, int] = {}
     chosen: list[WorkItem] = []
     for item in items:
         path = str(item.mutations[0].module_path)
-        source = sources.setdefault(path, committed_source(path))
-        why = excluded(source, item)
+        if path not in sources:
+            source = committed_source(path)
+            sources[path] = source, without_annotations(ast.parse(source))
+        source, original = sources[path]
+        why = excluded(source, item, original)
         if why:
             reasons[why] = reasons.get(why, 0) + 1
         elif len(chosen) < size:
@@ -309,7 +315,7 @@ def report(family: Family, clean_s: float | None = None, wall_s: float | None = 
     path = result_path(family.name)
     previous = json.loads(path.read_text()) if path.exists() else {}
     equivalents = load_equivalents(family.name)
-    retests = {m["key"]: m["retest"] for m in previous.get("mutants", []) if "retest" in m}
+    kept = {m["key"]: {k: m[k] for k in ("retest", "unit_tests") if k in m} for m in previous.get("mutants", [])}
     mutants = []
     with use_db(str(session_path(family.name)), WorkDB.Mode.open) as db:
         total = db.num_work_items
@@ -327,8 +333,8 @@ def report(family: Family, clean_s: float | None = None, wall_s: float | None = 
             mutants.append({"key": key, "line": m.start_pos[0], "definition": m.definition_name,
                             "outcome": outcome, "compiles": outcome != "crash" or compiles(item),
                             "failed": failed, "diff": result.diff, "equivalent_because": equivalents.get(key)})
-            if clean_s is None and key in retests:  # the same session reported again: keep its retest
-                mutants[-1]["retest"] = retests[key]
+            if clean_s is None:  # the same session reported again: keep its retest and unit-test results
+                mutants[-1].update(kept.get(key, {}))
         pending = sum(1 for _ in db.pending_work_items)
     mutants.sort(key=lambda r: (r["line"], r["key"]))
     counts = {k: sum(r["outcome"] == k for r in mutants) for k in ("killed", "survived", "equivalent", "timeout", "crash")}
@@ -352,7 +358,8 @@ def report(family: Family, clean_s: float | None = None, wall_s: float | None = 
         "mutants": mutants,
     }
     if clean_s is None:
-        out.update({k: previous[k] for k in ("retested_at", "killed_on_retest", "score_after_retest") if k in previous})
+        out.update({k: previous[k] for k in ("retested_at", "killed_on_retest", "score_after_retest", "unit_tests_at",
+                                              "killed_by_unit_tests") if k in previous})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     return out
@@ -404,6 +411,26 @@ def _apply_equivalents(out: dict, equivalents: dict[str, str]) -> dict:
     return out
 
 
+def _mutate_and_test(file: str, m: dict, command: str, commit: str) -> dict:
+    """``cosmic-ray mutate-and-test`` of the recorded mutant ``m`` of ``file`` with ``command``: its
+    outcome and failed checks, or ``"source changed"`` (not tested) when the mutation no longer gives
+    the recorded diff."""
+    operator, occurrence = m["key"].rsplit("#", 1)
+    cosmic = str(Path(sys.executable).parent / "cosmic-ray")
+    proc = subprocess.run([cosmic, "mutate-and-test", file, operator, occurrence, command], cwd=ROOT,
+                          capture_output=True, text=True)
+    result = WorkResult(**{k: v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()
+                           if k in ("worker_outcome", "output", "test_outcome", "diff")})
+    if _changed_lines(result.diff or "") != _changed_lines(m["diff"]):
+        return {"commit": commit, "outcome": "source changed", "failed": []}
+    outcome, failed = classify(result)
+    return {"commit": commit, "outcome": outcome, "failed": failed}
+
+
+def _still_surviving(m: dict) -> bool:
+    return m["outcome"] == "survived" and m.get("retest", {}).get("outcome", "survived") == "survived"
+
+
 def retest(family: Family) -> dict:
     """Test every survivor of ``results/FAMILY.json`` again with the family's test command on the
     current suite (``cosmic-ray mutate-and-test`` applies the mutant to the file, tests, restores it).
@@ -412,22 +439,12 @@ def retest(family: Family) -> dict:
     entry with the commit; ``score_after_retest`` counts the survivors killed since."""
     path = result_path(family.name)
     out = _apply_equivalents(json.loads(path.read_text()), load_equivalents(family.name))
-    commit, cosmic = _commit(), str(Path(sys.executable).parent / "cosmic-ray")
-    command = configured_command(family.name)
+    commit, command = _commit(), configured_command(family.name)
     for m in out["mutants"]:
         if m["outcome"] != "survived":
             continue
-        operator, occurrence = m["key"].rsplit("#", 1)
-        proc = subprocess.run([cosmic, "mutate-and-test", out["file"], operator, occurrence, command], cwd=ROOT,
-                              capture_output=True, text=True)
-        result = WorkResult(**{k: v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()
-                               if k in ("worker_outcome", "output", "test_outcome", "diff")})
-        if _changed_lines(result.diff or "") != _changed_lines(m["diff"]):
-            m["retest"] = {"commit": commit, "outcome": "source changed", "failed": []}
-            continue
-        outcome, failed = classify(result)
-        m["retest"] = {"commit": commit, "outcome": outcome, "failed": failed}
-        print(f"{family.name} {m['key']}: {outcome} {failed}", flush=True)
+        m["retest"] = _mutate_and_test(out["file"], m, command, commit)
+        print(f"{family.name} {m['key']}: {m['retest']['outcome']} {m['retest']['failed']}", flush=True)
     retested = [m for m in out["mutants"] if m["outcome"] == "survived" and m.get("retest")]
     killed = sum(m["retest"]["outcome"] in ("killed", "timeout", "crash") for m in retested)
     denominator = out["sampled"] - out["equivalent"]
@@ -438,12 +455,39 @@ def retest(family: Family) -> dict:
     return out
 
 
+def unit_command(family: Family) -> str:
+    """The project's own unit tests of ``accelerated/FAMILY.py`` (``tests/test_FAMILY.py``)."""
+    return shlex.join([PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"tests/test_{family.name}.py"])
+
+
+def unit(family: Family) -> dict:
+    """Run the project's unit tests of the family (:func:`unit_command`) on every mutant the
+    conformance suite still lets survive (after any retest): the survivors that the unit tests kill
+    are invisible to the suite (an iteration path, a speed-only branch, a message) but not untested.
+    Each result goes into the mutant's ``unit_tests`` entry; ``killed_by_unit_tests`` counts them.
+    (A pytest exit other than 0 or 1 is a crash, as for the suite.)"""
+    path = result_path(family.name)
+    out = _apply_equivalents(json.loads(path.read_text()), load_equivalents(family.name))
+    commit, command = _commit(), unit_command(family)
+    for m in out["mutants"]:
+        if not _still_surviving(m):
+            m.pop("unit_tests", None)
+            continue
+        m["unit_tests"] = _mutate_and_test(out["file"], m, command, commit)
+        print(f"{family.name} {m['key']} (unit tests): {m['unit_tests']['outcome']}", flush=True)
+    out["unit_tests_at"] = commit
+    out["killed_by_unit_tests"] = sum(m.get("unit_tests", {}).get("outcome") in ("killed", "timeout", "crash")
+                                      for m in out["mutants"])
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def table(folder: Path = HERE / "results") -> str:
     """One markdown row per family with a report in ``folder``: the counts and the score."""
     rows = ["| family | commit | kinds (float64) | mutants | left out: annotation only / not compiling | sampled | "
             "killed | survived | equivalent | timeouts | crashes | score | survivors killed on retest (commit) | "
-            "score after retest |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "score after retest | survivors left, killed by the unit tests |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in FAMILIES:
         path = folder / f"{name}.json"
         if not path.exists():
@@ -456,15 +500,17 @@ def table(folder: Path = HERE / "results") -> str:
         pending = f" ({r['pending']} not run)" if r["pending"] else ""
         retest = (f"{r['killed_on_retest']} of {r['survived']} ({r['retested_at']}) | {r['score_after_retest']:.3f}"
                   if "retested_at" in r else "— | —")
+        left_over = sum(_still_surviving(m) for m in r["mutants"])
+        unit_killed = f"{r['killed_by_unit_tests']} of {left_over}" if "unit_tests_at" in r else "—"
         rows.append(f"| {name} | {r.get('commit', '—')} | {kinds} | {r['mutants_in_file']} | {left} | "
                     f"{r['sampled']}{pending} | {r['killed']} | {r['survived']} | {r['equivalent']} | {r['timeout']} | "
-                    f"{r['crash']} | {score} | {retest} |")
+                    f"{r['crash']} | {score} | {retest} | {unit_killed} |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("config", "run", "report", "retest", "table"))
+    parser.add_argument("action", choices=("config", "run", "report", "retest", "unit", "table"))
     parser.add_argument("family", nargs="?", choices=sorted(FAMILIES))
     args = parser.parse_args(argv)
     if args.action == "table":
@@ -478,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "config":
         print(write_config(family, MIN_TIMEOUT_S))
         return 0
-    out = {"run": run, "report": report, "retest": retest}[args.action](family)
+    out = {"run": run, "report": report, "retest": retest, "unit": unit}[args.action](family)
     print(json.dumps({k: v for k, v in out.items() if k != "mutants"}, indent=1))
     return 0
 

@@ -9,6 +9,7 @@ import torch
 
 from flowspec import ConfigError, DomainError, FlowInputError, FlowSpec, NumericalError, reference
 from flowspec.accelerated import Flow, FlowDistribution, from_spec
+from flowspec.accelerated.base import MODULES
 from flowspec.accelerated.elementwise import ElementwiseAffine, Logit
 from flowspec.accelerated.sequential import Sequential
 from flowspec.conformance.seeding import rng, seed_for
@@ -41,6 +42,16 @@ def test_from_spec_rejects_wrong_params() -> None:
         from_spec(FlowSpec("elementwise_affine", {"shape": [2]}, {"shift": np.zeros(3), "log_scale": np.zeros(2)}))
     with pytest.raises(ConfigError, match="unknown flow kind .no_such_kind."):
         from_spec(FlowSpec("no_such_kind", {}, {}))
+
+
+@pytest.mark.parametrize("kind", sorted(MODULES))
+def test_a_class_refuses_a_spec_of_another_kind(kind: str) -> None:
+    """Every class's ``from_spec`` and ``fresh_from_spec``, called directly rather than through the
+    dispatcher (which picks the class by kind), refuse a spec of another kind naming both kinds."""
+    other = _spec() if kind != "sequential" else FlowSpec("logit", {"shape": [3], "alpha": 0.05})
+    for build in (MODULES[kind].from_spec, MODULES[kind].fresh_from_spec):
+        with pytest.raises(ConfigError, match=f"implements kind '{kind}', not '{other.kind}'"):
+            build(other)
 
 
 def test_validation_errors_name_the_problem() -> None:

@@ -192,3 +192,46 @@ def test_inverse_converges_on_a_grid_of_steep_maps(m: float) -> None:
         flow = from_spec(spec)
         with torch.no_grad():
             assert_close(flow(flow.inverse(z))[0].numpy(), z.numpy(), "roundtrip", "float64", 3)
+
+
+ITERATION_BUDGET = 16  # the steep grid below needs at most 13 (m = 50); bisection alone needs about 50
+
+
+@pytest.mark.parametrize("m", [3.0, 12.0, 50.0])
+def test_the_safeguarded_newton_solve_keeps_newton_speed(m: float) -> None:
+    """The safeguard takes a Newton step whenever it stays in the bracket and halves the step
+    before it, so on the steep grid the solve converges in a Newton-like number of iterations. A
+    safeguard that rejects good Newton steps (a wrong slope, a wrong halving reference) still
+    converges by bisection, to the same values, but needs several times the budget."""
+    for b in np.linspace(-6.0, 6.0, 13):
+        spec = _spec(3, math.log(math.expm1(m + 1.0)), f"grid-{m}")
+        spec = FlowSpec(spec.kind, spec.config, {**spec.params, "b": np.asarray(b)})
+        w = torch.tensor(spec.params["w"])
+        z = torch.linspace(-3.0 * m, 3.0 * m, 401, dtype=torch.float64)[:, None] * w / (w @ w)
+        flow = from_spec(spec)
+        flow.max_iter = ITERATION_BUDGET
+        with torch.no_grad():
+            assert_close(flow(flow.inverse(z))[0].numpy(), z.numpy(), "roundtrip", "float64", 3)
+
+
+def test_a_solve_that_converges_on_its_last_allowed_iteration_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``max_iter`` = the number of Newton updates the solve needs, the last update is checked
+    after the loop and accepted (the same relative residual as inside the loop)."""
+    import flowspec.accelerated.planar as planar
+
+    flow = from_spec(_spec(3, math.log(math.expm1(13.0)), "last-iteration"))
+    target = torch.linspace(-36.0, 36.0, 401, dtype=torch.float64)
+    m, b = torch.tensor(12.0, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    calls = []
+    counting = type("CountingTorch", (), {"__getattr__": lambda _, name: getattr(torch, name),
+                                          "tanh": staticmethod(lambda t: calls.append(1) or torch.tanh(t))})()
+    monkeypatch.setattr(planar, "torch", counting)
+    flow.max_iter = 100
+    expected = flow._solve(target, m, b)
+    updates = len(calls) - 1  # one tanh per check; the check that returned follows the last update
+    monkeypatch.undo()
+    flow.max_iter = updates
+    assert torch.equal(flow._solve(target, m, b), expected)
+    flow.max_iter = updates - 1
+    with pytest.raises(ConvergenceError):
+        flow._solve(target, m, b)
