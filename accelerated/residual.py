@@ -516,8 +516,9 @@ class ResidualBlock(Flow):
             raise NumericalError(f"det(I + J_g) ≤ 0 in a {self.kind!r} block: g is not contractive")
         return (gx, logdet) if need_grad else (gx.detach(), logdet.detach())
 
-    def _estimate(self, x: Tensor, params: Sequence[Tensor], v: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
-        """(z, log-det estimate) for given probes v (rows probe-major) and draws n."""
+    def _estimate(self, x: Tensor, params: Sequence[Tensor], v: Tensor | None, n: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(z, log-det estimate) for given probes v (rows probe-major) and draws n; the exact
+        estimator (the log-det of the autograd Jacobian) reads neither."""
         batch = x.shape[0]
         need_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
         if self.estimator == "exact":
@@ -562,11 +563,8 @@ class ResidualBlock(Flow):
         return self.roulette.sample(count, generator, self._anchor.device)
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.estimator == "exact":
-            params = self._params()
-            need_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
-            gx, logdet = self._exact(x, params, need_grad)
-            return x + gx, logdet
+        if self.estimator == "exact":  # no noise to draw
+            return self._estimate(x, self._params(), None, None)
         v, n = self._draw(x.shape[0], x)  # first, so that :meth:`logdet_noise` can replay it
         return self._estimate(x, self._params(), v, n)
 
