@@ -90,8 +90,8 @@ from flowspec.errors import ConfigError
 
 from .base import softplus
 from .power_iteration import (
-    EXACT_MAX_DIM, GIVEN, PROBE_STEPS, PowerIterationReport, check_tolerances, exact_top_pair, lanczos, power_iteration,
-    probe, probe_tolerance,
+    EXACT_MAX_DIM, GIVEN, PROBE_STEPS, PowerIterationReport, certified_gap, check_tolerances, exact_tolerance,
+    exact_top_pair, lanczos, power_iteration, probe, probe_tolerance,
 )
 
 LIPSWISH_DIVISOR = 1.1
@@ -638,17 +638,18 @@ class LipschitzNormalizer(nn.Module):
         warm = self._warm_estimate(w)
         matvec, rmatvec = self._matvec(w), self._rmatvec(w)
         event_dims = 1 if self.operator == "linear" else 3
-        n = self._v[(0,) * (self._v.dim() - event_dims)].numel()
-        tolerance = probe_tolerance(n, PROBE_STEPS, PROBE_FAILURE)
+        n, m = (t[(0,) * (t.dim() - event_dims)].numel() for t in (self._v, self._u))
+        rounding = exact_tolerance(m, n, w.dtype)
+        tolerance = probe_tolerance(n, PROBE_STEPS, PROBE_FAILURE, rounding)
         bound = conv_norm_bound(w, self._spatial, self.padding) if self.operator == "conv" else math.inf
         spent, estimate = warm.iterations, float(matvec(self._v).norm())
-        if bound / estimate - 1.0 > tolerance:
+        if certified_gap(bound, estimate, rounding) > tolerance:
             sigma, u, v, found = probe(matvec, rmatvec, self._v, steps=PROBE_STEPS, tolerance=tolerance,
                                        event_dims=event_dims, keep=self._v)
             spent += found.iterations
             if float(sigma.max()) > estimate:  # the probe's σ̂ is ‖W v‖ for its unit v
                 self._u, self._v, estimate = u, v, float(sigma.max())
-        gap = bound / estimate - 1.0
+        gap = certified_gap(bound, estimate, rounding)
         if gap <= tolerance:
             return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "certified", gap, 0.0)
         return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "probe", tolerance, PROBE_FAILURE)

@@ -177,17 +177,27 @@ def probe_failure_probability(n: int, steps: int, tolerance: float) -> float:
     return min(1.0, 1.648 * math.sqrt(n) * math.exp(-exponent))
 
 
-def probe_tolerance(n: int, steps: int, probability: float) -> float:
-    """The smallest relative tolerance at which :func:`probe_failure_probability` is ≤ ``probability``."""
+def certified_gap(bound: float, estimate: float, rounding: float) -> float:
+    """The relative tolerance ``t`` that an upper bound ``bound`` ≥ ‖W‖ certifies for ``estimate``:
+    1 − σ̂/‖W‖ ≤ 1 − σ̂/bound ≤ bound/σ̂ − 1, never below 0 (a bound that rounding put below the
+    estimate), plus ``rounding`` (both are computed in floating point)."""
+    return max(bound / estimate - 1.0, 0.0) + rounding
+
+
+def probe_tolerance(n: int, steps: int, probability: float, rounding: float = 0.0) -> float:
+    """The smallest relative tolerance at which :func:`probe_failure_probability` is ≤ ``probability``,
+    and at least ``rounding``: a Krylov space of the whole dimension is exact in exact arithmetic
+    only, so the caller passes the rounding of the estimate it evaluates (:func:`exact_tolerance`
+    for the operator's sides and dtype), which is the whole tolerance there."""
     if steps >= n:
-        return 0.0
+        return rounding
     k = 2 * (steps - 1) - 1
     if k <= 0:
         return 1.0
     root = math.log(1.648 * math.sqrt(n) / probability) / k
     if root >= 1.0:
         return 1.0
-    return 1.0 - math.sqrt(1.0 - root * root)
+    return max(rounding, 1.0 - math.sqrt(1.0 - root * root))
 
 
 @torch.no_grad()
@@ -356,16 +366,45 @@ def _scaled(scale: Tensor, t: Tensor, batch_dims: int) -> Tensor:
 
 def _orthonormalised(t: Tensor, basis: list[Tensor], batch_dims: int, eps: float) -> tuple[Tensor, Tensor]:
     """``t`` made orthogonal to ``basis`` (classical Gram–Schmidt, twice, on the stacked basis), and its
-    norm and direction; a direction that vanishes (the Krylov space is exhausted) is returned as zeros."""
-    if basis:
-        stacked = torch.stack(basis).reshape(len(basis), *t.shape[:batch_dims], -1)
-        flat = t.reshape(*t.shape[:batch_dims], -1)
-        for _ in range(2):
-            flat = flat - torch.einsum("k...,k...n->...n", torch.einsum("k...n,...n->k...", stacked, flat), stacked)
-        t = flat.reshape(t.shape)
-    norm = _norm(t, batch_dims)
-    unit = _scaled(torch.where(norm > eps, 1.0 / norm.clamp_min(eps), torch.zeros_like(norm)), t, batch_dims)
-    return torch.where(norm > eps, norm, torch.zeros_like(norm)), unit
+    norm and direction; a direction that vanishes is returned as zeros.
+
+    Where ``t`` lay (numerically) in span(basis) — the Krylov space is exhausted, or a kept vector is
+    already in it — what is left after the projections is mostly rounding, and its direction, once
+    normalised, is not orthogonal to the basis (its overlap is about ε‖t‖ over what is left, up to
+    O(1)): where less than half of ‖t‖ is left, the normalised direction is projected twice more
+    (Kahan–Parlett's "twice is enough", applied to it): an arbitrary but orthogonal new direction, or
+    zeros where less than half of it is left again (the basis spans the whole space), so that the
+    relations the Ritz values rest on (orthonormal bases) keep holding to rounding. The norm
+    returned is the one measured (a rounding-sized coefficient)."""
+    if not basis:
+        norm = _norm(t, batch_dims)
+        return torch.where(norm > eps, norm, torch.zeros_like(norm)), _unit_or_zero(t, norm, batch_dims, eps)
+    stacked = torch.stack(basis).reshape(len(basis), *t.shape[:batch_dims], -1)
+    before = _norm(t, batch_dims)
+    flat = _project_out(t.reshape(*t.shape[:batch_dims], -1), stacked, passes=2)
+    norm = flat.norm(dim=-1)
+    unit = _unit_or_zero(flat, norm, batch_dims, eps)
+    cancelled = norm < 0.5 * before
+    if bool(cancelled.any()):
+        again = _project_out(unit, stacked, passes=2)
+        left = again.norm(dim=-1)
+        # less than half of a unit vector left: the basis spans the whole space, no direction is new
+        fresh = _unit_or_zero(again, torch.where(left < 0.5, torch.zeros_like(left), left), batch_dims, eps)
+        unit = torch.where(cancelled[..., None], fresh, unit)
+    return torch.where(norm > eps, norm, torch.zeros_like(norm)), unit.reshape(t.shape)
+
+
+def _project_out(flat: Tensor, stacked: Tensor, passes: int) -> Tensor:
+    """``flat`` (``(*batch, n)``) less its components along the orthonormal rows of ``stacked``
+    (``(k, *batch, n)``), classical Gram–Schmidt ``passes`` times."""
+    for _ in range(passes):
+        flat = flat - torch.einsum("k...,k...n->...n", torch.einsum("k...n,...n->k...", stacked, flat), stacked)
+    return flat
+
+
+def _unit_or_zero(t: Tensor, norm: Tensor, batch_dims: int, eps: float) -> Tensor:
+    """``t / norm`` per batch entry, zeros where ``norm`` ≤ ``eps`` (a vanished direction)."""
+    return _scaled(torch.where(norm > eps, 1.0 / norm.clamp_min(eps), torch.zeros_like(norm)), t, batch_dims)
 
 
 def _bidiagonal(alphas: list[Tensor], betas: list[Tensor]) -> Tensor:

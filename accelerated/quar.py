@@ -129,7 +129,8 @@ from .lipschitz import (
     spread_over_pixels,
 )
 from .power_iteration import (
-    EXACT_MAX_DIM, GIVEN, PowerIterationReport, exact_top_pair, power_iteration, probe, probe_tolerance,
+    EXACT_MAX_DIM, GIVEN, PowerIterationReport, certified_gap, exact_tolerance, exact_top_pair, power_iteration, probe,
+    probe_tolerance,
 )
 from .sequential import residual_stack
 
@@ -393,14 +394,15 @@ class _QuARBlock(Flow):
         u, v = getattr(self, f"u_{i}"), getattr(self, f"v_{i}")
         _, u_warm, v_warm, warm = power_iteration(matvec, rmatvec, u, v, atol=0.0, rtol=rtol,
                                                   max_iter=self.pi_max_iter, event_dims=event_dims)
-        n = v[(0,) * (v.dim() - event_dims)].numel()
-        tolerance = probe_tolerance(n, self.krylov_steps, PROBE_FAILURE)
+        n, m = (t[(0,) * (t.dim() - event_dims)].numel() for t in (v, u))
+        rounding = exact_tolerance(m, n, weight.dtype)
+        tolerance = probe_tolerance(n, self.krylov_steps, PROBE_FAILURE, rounding)
         bound = self._conv_bound(weight)
         spent = warm.iterations
         u.copy_(u_warm)
         v.copy_(v_warm)
         estimate = self._batched_norm(matvec(v), event_dims)
-        if bound / float(estimate.min()) - 1.0 > tolerance:
+        if certified_gap(bound, float(estimate.min()), rounding) > tolerance:
             probed, u_probe, v_probe, found = probe(matvec, rmatvec, v, steps=self.krylov_steps, tolerance=tolerance,
                                                     event_dims=event_dims, keep=v)
             spent += found.iterations
@@ -409,7 +411,7 @@ class _QuARBlock(Flow):
             u.copy_(torch.where(better.reshape(shape), u_probe, u))
             v.copy_(torch.where(better.reshape(shape), v_probe, v))
             estimate = torch.where(better, probed, estimate)
-        gap = bound / float(estimate.min()) - 1.0
+        gap = certified_gap(bound, float(estimate.min()), rounding)
         if gap <= tolerance:
             return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "certified", gap, 0.0)
         return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "probe", tolerance, PROBE_FAILURE)

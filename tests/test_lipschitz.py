@@ -13,9 +13,9 @@ from flowspec.accelerated.lipschitz import (
     conv_norm_bound, conv_operator_matrix, general_power_method, norm_reports, refresh_norms,
 )
 from flowspec.accelerated.power_iteration import (
-    PROBE_STEPS, exact_tolerance, exact_top_pair, probe, probe_failure_probability, probe_tolerance,
+    PROBE_STEPS, certified_gap, exact_tolerance, exact_top_pair, probe, probe_failure_probability, probe_tolerance,
 )
-from flowspec.conformance.lipschitz import Claim, NormLedger, exceedance_limit
+from flowspec.conformance.lipschitz import Claim, NormLedger, claims, exceedance_limit
 from flowspec.conformance.property import PropertyFailure
 from flowspec.conformance.seeding import rng
 from flowspec.conformance.stats import per_example_alpha
@@ -221,6 +221,40 @@ def test_probe_bound_is_kuczynski_wozniakowski() -> None:
         assert probe_failure_probability(n, q, probe_tolerance(n, q, p)) == pytest.approx(p)
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (4, 8), (8, 4), (12, 30)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_probe_whose_krylov_space_is_the_whole_space_is_exact(shape: tuple[int, int], dtype: torch.dtype) -> None:
+    """With at least as many steps as the right side's dimension the Krylov space is the whole space,
+    and the Rayleigh–Ritz step with a kept vector (then numerically inside that space) must not add a
+    spurious direction: σ̂ = ‖W‖ to :func:`exact_tolerance`, which is also the probe's stated
+    tolerance there; from below and from above (an estimate above the norm describes no vector)."""
+    m, n = shape
+    matrix = torch.as_tensor(_near_degenerate(m, n, 0.995, f"exhausted {shape}")).to(dtype)
+    norm = float(spectral_norm(matrix.double().numpy()))
+    matvec, rmatvec = (lambda v: matrix @ v), (lambda u: matrix.T @ u)
+    rounding = exact_tolerance(m, n, dtype)
+    assert probe_tolerance(n, PROBE_STEPS, PROBE_FAILURE, rounding) == rounding
+    for keep in (None, torch.as_tensor(rng("lipschitz-test", "exhausted keep").standard_normal(n)).to(dtype)):
+        _seed("exhausted")
+        sigma, u, v, _ = probe(matvec, rmatvec, torch.zeros(n, dtype=dtype), steps=PROBE_STEPS, tolerance=rounding,
+                               keep=keep)
+        applied = float(u.double() @ matrix.double() @ v.double())
+        assert abs(1.0 - applied / norm) <= rounding
+
+
+def test_probe_tolerance_is_never_below_the_rounding() -> None:
+    assert probe_tolerance(50, 50, 1e-3) == 0.0 and probe_tolerance(50, 50, 1e-3, 1e-12) == 1e-12
+    assert probe_tolerance(4096, 32, 1e-3, 1e-12) == probe_tolerance(4096, 32, 1e-3) > 1e-12
+    assert probe_tolerance(4096, 32, 1e-3, 0.5) == 0.5
+
+
+def test_a_certified_gap_is_never_negative() -> None:
+    """A frequency-domain bound that rounding put just below the estimate certifies the rounding, not
+    a negative tolerance (an estimate above the bound would then fail its own claim)."""
+    assert certified_gap(1.0 - 1e-16, 1.0, 1e-15) == 1e-15
+    assert certified_gap(1.1, 1.0, 1e-15) == pytest.approx(0.1 + 1e-15)
+
+
 def test_exact_tolerance_covers_the_rounding() -> None:
     """On random and near-degenerate matrices in both dtypes the exact path's gap is below its bound."""
     for key, ratio in [("random", None), ("degenerate", 0.9999), ("tied", 1.0), ("within the shift", 1.0 - 1e-9)]:
@@ -356,6 +390,22 @@ def test_ledger_fails_capped_and_deterministic_excesses_at_once() -> None:
         ledger.check(ctx, Claim(1e-6), 2e-6, "beyond")
     with pytest.raises(PropertyFailure, match="iteration cap"):
         ledger.check(ctx, Claim(1e-6, hit_cap=True), 0.0, "capped")
+
+
+def test_a_capped_warm_iteration_fails_only_claims_that_rest_on_it() -> None:
+    """``hit_cap`` with a power-iteration claim is non-convergence; with a probe's or a certificate's
+    claim (whose guarantee does not rest on the warm iteration) only the claim itself is checked."""
+    class _Reporting:
+        def capabilities(self):
+            return type("Caps", (), {"has": staticmethod(lambda hook: hook == "norm_guarantees")})()
+
+        def call_hook(self, flow, hook):
+            return {f"w{i}": {"method": method, "hit_cap": True, "tolerance": 1e-9, "failure_probability": p}
+                    for i, (method, p) in enumerate([("power", 1e-3), ("probe", 1e-3), ("certified", 0.0)])}
+
+    ctx = type("Ctx", (), {"adapter": _Reporting()})()
+    out = claims(ctx, None, ["w0", "w1", "w2"], 1e-7)
+    assert [out[name].hit_cap for name in ("w0", "w1", "w2")] == [True, False, False]
 
 
 def test_ledger_judges_probabilistic_claims_by_their_binomial_tail() -> None:
