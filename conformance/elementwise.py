@@ -3,8 +3,10 @@ log-scale regimes that the per-entry and per-channel kinds share.
 
 Axes (:mod:`.covering`):
 
-* ``layout``: a vector ``[D]`` (axis ``size``) or an image ``[C, H, W]`` (axes ``channels``,
-  ``height``, ``width``), odd and even sizes alike (:func:`event_shapes`);
+* ``layout``: a vector ``[D]`` (axis ``size``), a sequence ``[C, W]`` or an image ``[C, H, W]``
+  (axes ``channels``, ``height``, ``width``), odd and even sizes alike (:func:`event_shapes`): the
+  reference takes events of any rank, and a per-channel broadcast written for ranks 1 and 3 only
+  (``len(shape) ^ 1`` for ``len(shape) − 1`` agrees at both) is wrong at rank 2;
 * ``regime`` of a log-scale parameter (:func:`with_log_scales`): ``init`` keeps the reference's
   N(0, 0.5²) values; ``large`` and ``small`` draw every log-scale uniformly from [6, 10] and
   [−10, −6], far from initialisation: scales up to e^±10, where a log-det formed as the log of a
@@ -31,19 +33,22 @@ from .covering import axis, declare_axes, salt
 from .seeding import rng
 from .strategies import SEEDS, config, from_configs, register_specs, sizes
 
-LAYOUTS = ("vector", "image")
+LAYOUTS = ("vector", "sequence", "image")
 LOG_SCALE_REGIMES: dict[str, tuple[float, float] | None] = {"init": None, "large": (6.0, 10.0), "small": (-10.0, -6.0)}
 LOGIT_ALPHAS = (0.0, 1e-6, 0.05)
 
 
 def event_shapes(vector: tuple[int, int] = (1, 6), channels: tuple[int, int] = (1, 3),
                  sides: tuple[int, int] = (1, 3)) -> st.SearchStrategy:
-    """Shapes ``[D]`` with D in ``vector`` or ``[C, H, W]`` with C in ``channels`` and H, W in
-    ``sides``; the layout and every size are axes (:func:`shape_axes`)."""
+    """Shapes ``[D]`` with D in ``vector``, ``[C, W]`` (a sequence: the reference takes events of any
+    rank, channels first) or ``[C, H, W]`` with C in ``channels`` and H, W in ``sides``; the layout
+    and every size are axes (:func:`shape_axes`)."""
     vectors = st.tuples(sizes(*vector, name="size")).map(list)
+    sequences = st.tuples(sizes(*channels, name="channels"), sizes(*sides, name="width")).map(list)
     images = st.tuples(sizes(*channels, name="channels"), sizes(*sides, name="height"),
                        sizes(*sides, name="width")).map(list)
-    return axis("layout", LAYOUTS).flatmap(lambda layout: vectors if layout == "vector" else images)
+    by_layout = {"vector": vectors, "sequence": sequences, "image": images}
+    return axis("layout", LAYOUTS).flatmap(by_layout.__getitem__)
 
 
 def shape_axes(vector: tuple[int, int] = (1, 6), channels: tuple[int, int] = (1, 3),

@@ -222,11 +222,11 @@ def empty_batch_shapes(ctx: CheckContext) -> None:
     of shape ``(0,)``, the inverse x of shape ``(0, *event)`` (the README's "Empty batches"); an error
     is a failure (no validation claim is involved)."""
     spec, x, c = _draw(ctx)
-    _check_empty_batch(ctx, ctx.instantiate(spec), spec, x, c, ctx.has("inverse"))
+    check_empty_batch(ctx, ctx.instantiate(spec), spec, x, c, ctx.has("inverse"))
     ctx.record(0.0, 0.0)
 
 
-def _check_empty_batch(ctx: CheckContext, flow, spec, x: np.ndarray, c: np.ndarray | None, inverse: bool) -> None:
+def check_empty_batch(ctx: CheckContext, flow, spec, x: np.ndarray, c: np.ndarray | None, inverse: bool) -> None:
     """Forward (and, with ``inverse``, inverse) of ``x[:0]``: empty results of the right shapes."""
     kind = namespace.kind(spec.kind)
     latent, event = tuple(kind.output_shape(spec.config)), tuple(kind.event_shape(spec.config))

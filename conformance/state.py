@@ -22,7 +22,10 @@ from its first batch, and converts it with ``.to(dtype)``. Each is a property he
   later forwards (training and evaluation) do not initialise again;
 * ``data_init_checkpointed`` (also ``state``): the checkpoint of a module so initialised, loaded
   into another fresh module, is an initialised state (its first training forward does not
-  initialise again);
+  initialise again), and the checkpoint of a fresh module, loaded into an initialised one, is an
+  uninitialised state (its next training forward initialises);
+* ``data_init_skips_an_empty_batch``: a fresh module's first training forward on an empty batch
+  gives empty results and initialises nothing (the next batch initialises);
 * ``spec_export_round_trip`` (white-box, hook ``to_spec``): the spec a loaded flow exports describes
   the same map (the reference's z and log|det| at it are those at the loaded spec);
 * ``convert_dtype`` (black-box, ``convert`` and ``state``): a flow built and evaluated in the other
@@ -55,6 +58,7 @@ from . import namespace, strategies
 from .conventions import actnorm_initialised
 from .covering import axis, declare_axes
 from .finite_diff import ROUND
+from .generic import check_empty_batch
 from .property import CheckContext, PropertyFailure, deterministic_training, prop
 from .seeding import rng, seed_for
 from .strategies import event_size
@@ -362,6 +366,38 @@ def data_init_checkpointed(ctx: CheckContext) -> None:
     ctx.adapter.set_training(target, True)
     _check_initialised(ctx, target, initialised, ctx.draw_input(spec),
                        "on another batch, in training mode, after loading the initialised checkpoint")
+    _check_uninitialised_checkpoint(ctx, spec, x, initialised)
+
+
+def _check_uninitialised_checkpoint(ctx: CheckContext, spec: FlowSpec, x: np.ndarray, initialised: FlowSpec) -> None:
+    """The checkpoint of a fresh module saved before any forward, loaded into a module that has
+    initialised (from another batch), is an uninitialised state: the next training forward, on
+    ``x``, initialises from ``x``."""
+    other = _fresh(ctx, spec)
+    ctx.adapter.set_training(other, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a documented notice of a constant channel
+        ctx.adapter.forward(other, ctx.draw_input(spec))
+    ctx.adapter.load_state(other, ctx.adapter.save_state(_fresh(ctx, spec)))
+    ctx.adapter.set_training(other, True)
+    _check_initialised(ctx, other, initialised, x,
+                       "on its first training batch after loading a checkpoint saved before initialisation")
+
+
+@prop("data_init_skips_an_empty_batch", requires=["black_box", "fresh", "train_eval"], kinds=_has_data_init)
+def data_init_skips_an_empty_batch(ctx: CheckContext) -> None:
+    """A fresh module's first training forward on an empty batch gives empty results of the right
+    shapes (an empty batch is valid input, README "Empty batches") and initialises nothing — there
+    is nothing to initialise from (the reference's rule refuses zero samples), and statistics of no
+    data are NaN — so the next training batch initialises by the rule."""
+    spec = ctx.draw_spec()
+    x = _init_batch(ctx, spec)
+    flow = _fresh(ctx, spec)
+    ctx.adapter.set_training(flow, True)
+    check_empty_batch(ctx, flow, spec, x, None, inverse=False)
+    initialised = FlowSpec(spec.kind, spec.config,
+                           actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
+    _check_initialised(ctx, flow, initialised, x, "on the first non-empty training batch after an empty one")
 
 
 def _fresh(ctx: CheckContext, spec: FlowSpec) -> Any:

@@ -75,7 +75,47 @@ class ActNormFlagOnlyInMemory(ActNorm):
         self.initialized.fill_(False)
 
 
+class ActNormBroadcastForVectorsAndImages(ActNorm):
+    """The per-channel broadcast written for the two layouts in common use, vectors ``(D,)`` and
+    images ``(C, H, W)``: a sequence event ``(C, W)`` gets the bias and scale along its last axis
+    (an error where C ≠ W; a silently wrong map, with the right log-det, where C = W)."""
+
+    def _per_channel(self, t):
+        return t.reshape(-1, 1, 1) if len(self._shape) == 3 else t
+
+
+class ActNormReadyFlagKeptOnLoad(ActNorm):
+    """The cached "initialised" flag is not reset when a state dict is loaded: a checkpoint saved
+    before initialisation, loaded into a module that has initialised, leaves it "initialised" with
+    the checkpoint's construction values, and its next training batch does not initialise."""
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        ready = self._ready
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = ready
+
+
+class ActNormInitialisesFromAnEmptyBatch(ActNorm):
+    """The first training forward initialises before looking at the batch size: an empty batch gives
+    NaN statistics (a mean over no values), marked initialised, and every later output is NaN."""
+
+    def forward(self, x, context=None):
+        if self.training and not self.is_initialized() and x.shape[0] == 0:
+            with torch.no_grad():
+                self.bias.fill_(float("nan"))
+                self.log_scale.fill_(float("nan"))
+                self.initialized.fill_(True)
+                self._ready = True
+        return super().forward(x, context)
+
+
 CASES = [
+    BrokenCase("actnorm broadcast written for vectors and images only", "actnorm",
+               ActNormBroadcastForVectorsAndImages, white_box=("forward_matches_reference",)),
+    BrokenCase("actnorm ready flag kept when a state dict is loaded", "actnorm", ActNormReadyFlagKeptOnLoad,
+               white_box=("data_init_checkpointed",), black_box=("data_init_checkpointed",)),
+    BrokenCase("actnorm initialises from an empty first batch", "actnorm", ActNormInitialisesFromAnEmptyBatch,
+               white_box=("data_init_skips_an_empty_batch",), black_box=("data_init_skips_an_empty_batch",)),
     BrokenCase("actnorm initialized flag not in the state_dict", "actnorm", ActNormFlagNotPersisted,
                white_box=("state_round_trip",), black_box=("state_round_trip",)),
     BrokenCase("actnorm initialisation remembered in memory only", "actnorm", ActNormFlagOnlyInMemory,
