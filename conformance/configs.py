@@ -16,6 +16,9 @@ default and what is invalid, so a new kind inherits them without declaring anyth
   reduced config is excused where the implementation refuses a *parameter* under it (a constraint of the default that the reference's
   forward does not enforce, such as a residual weight's norm in another order) while it builds that
   config with the reference's generic parameters (a default of another size refuses those too);
+* ``config_defaults_constructed`` (requirements ``construct`` and hook ``to_spec``; kinds that list
+  ``Kind.defaults``): a flow constructed without an optional key exports the reference's default
+  for it — also for keys that act on no compared value (estimator settings, iteration caps);
 * ``invalid_config_rejected`` (black-box): for every key, a few values of the wrong sign, size, type
   or option name (an integer key also gets a boolean, a string and an integral float; a list key its
   first number alone and, for integers, the list with its first entry one larger: an even kernel
@@ -94,6 +97,53 @@ def config_defaults_match_reference(ctx: CheckContext) -> None:
                 ctx.assert_close(z, z_ref, "forward", size, f"z without config[{key!r}] (the reference's default)")
                 if not stochastic_logdet(reduced):
                     ctx.assert_close(logdet, ld_ref, "logdet", size, f"log|det| without config[{key!r}]")
+
+
+def _has_defaults(kind: str) -> bool:
+    return not namespace.is_foreign(kind) and bool(namespace.kind(kind).defaults)
+
+
+@prop("config_defaults_constructed", requires=["construct", "to_spec"], kinds=_has_defaults)
+def config_defaults_constructed(ctx: CheckContext) -> None:
+    """For every optional key whose default the kind lists (``Kind.defaults``) and whose removal the
+    reference accepts, a flow constructed from the drawn config without that key, as a user does, exports (``to_spec``) the reference's
+    default for it (or leaves it out). This reaches the defaults that act on no value the other
+    properties compare — estimator settings such as the number of exact series terms, iteration
+    caps and tolerances — which ``config_defaults_match_reference`` cannot tell apart."""
+    spec = ctx.draw_spec()
+    defaults = namespace.kind(spec.kind).defaults
+    absent = sorted(set(defaults) - set(spec.config))  # keys the strategy leaves out: one flow checks them all
+    for left_out in [absent] * bool(absent) + [[key] for key in sorted(set(spec.config) & set(defaults))]:
+        reduced = {k: v for k, v in spec.config.items() if k not in left_out}
+        try:
+            namespace.kind(spec.kind).validate_config(reduced)
+        except REFUSALS:
+            continue  # the default conflicts with the other drawn values: the reference refuses it too
+        exported = _constructed_config(ctx, spec.kind, reduced, left_out)
+        for key in left_out:
+            ctx.require(key not in exported or _plain(exported[key]) == _plain(defaults[key]),
+                        f"without config[{key!r}] the constructed flow exports {key} = {exported.get(key)!r}, "
+                        f"not the reference's default {defaults[key]!r}")
+    ctx.record(0.0, 0.0)
+
+
+def _constructed_config(ctx: CheckContext, kind: str, config: dict[str, Any], left_out: list[str]) -> dict[str, Any]:
+    """The config that a flow constructed from ``config`` exports (hook ``to_spec``)."""
+    try:
+        flow = ctx.adapter.construct(kind, config, ctx.dtype, ctx.device)
+    except NotSupported:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the failure reported
+        raise PropertyFailure(f"without config keys {left_out} (their defaults apply) the implementation refuses "
+                              f"to construct the flow: {type(exc).__name__}: {exc}") from exc
+    return dict(ctx.adapter.call_hook(flow, "to_spec").config)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists and NumPy scalars as Python numbers, for comparing configs."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _build_default(ctx: CheckContext, key: str, reduced: FlowSpec) -> Any:

@@ -72,6 +72,8 @@ class Kind:
     of one context sample for kinds that may be conditional (it returns None for a config that takes no context, see
     :meth:`context_of`). Composite kinds carry their ``event_shape`` in their config.
     ``extras`` carries kind-specific reference quantities (estimators, exact norms, ...).
+    ``defaults`` are the values optional config keys take when left out, where the kind lists them
+    (the conformance suite checks that an implementation's constructor takes the same).
     """
 
     name: str
@@ -90,6 +92,7 @@ class Kind:
     composite: bool = False
     summary: str = ""
     extras: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def output_shape(self, config: Mapping[str, Any]) -> tuple[int, ...]:
         """Shape of one latent sample z."""

@@ -221,7 +221,7 @@ def _register(name: str, forward: Callable[..., Any], inverse: Callable[..., Any
         inverse=lambda spec, z, context=None: inverse(spec, z, context),
         event_shape=lambda config: (parse_made(config).dim,),
         init_params=init_params, context_shape=context_shape, check_config=parse_made,
-        summary=summary, extras=made_extras(parse_made),
+        summary=summary, extras=made_extras(parse_made), defaults=DEFAULTS,
     ))
 
 

@@ -319,4 +319,5 @@ register(Kind(
     summary="dx/dt = v(x, t) on [0, T] (FFJORD), v an MLP on [x, t], log|det| = ∫ tr ∂v/∂x dt",
     extras={"logdet_estimate": logdet_estimate, "integrated_trace": integrated_trace,
             "jacobian_integral": jacobian_integral, "solver_row": "cnf", "ci_examples": CI_EXAMPLES},
+    defaults=DEFAULTS,
 ))

@@ -326,7 +326,8 @@ LawFor = Callable[[Any, bool], Law]  # (law settings, inverse) -> the law of tha
 
 
 def register_coupling_kind(name: str, family: str, parse: Parse, law_for: LawFor, summary: str,
-                           extras: Mapping[str, Callable[..., Any]] | None = None) -> None:
+                           extras: Mapping[str, Callable[..., Any]] | None = None,
+                           defaults: Mapping[str, Any] | None = None) -> None:
     """Register a coupling kind: ``parse`` validates a config into the coupling's config and the
     law's own settings, ``law_for`` gives the law of either direction; masks, conditioner,
     parameters and context are the coupling machinery's (:func:`couple`, :func:`init_conditioner`)."""
@@ -343,13 +344,15 @@ def register_coupling_kind(name: str, family: str, parse: Parse, law_for: LawFor
         context_shape=lambda config: parse(config)[0].context_shape,
         check_config=parse,
         extras=dict(extras or {}),
+        defaults=dict(defaults or {}),
         summary=summary,
     ))
 
 
 def _register(name: str, law: Law, inverse_law: Law, affine: bool, summary: str) -> None:
     register_coupling_kind(name, FAMILY, lambda config: (parse_config(config, affine), None),
-                           lambda _, inverse: inverse_law if inverse else law, summary)
+                           lambda _, inverse: inverse_law if inverse else law, summary,
+                           defaults=AFFINE_DEFAULTS if affine else DEFAULTS)
 
 
 _register("additive_coupling", additive_law, additive_inverse_law, False,

@@ -353,7 +353,7 @@ register(Kind(
     name="dequantizer", family=FAMILY, forward=dequantizer_forward, inverse=dequantizer_inverse,
     event_shape=lambda config: parse_config(config).shape, init_params=init_params,
     domain=UNIT_INTERVAL, codomain=REAL, context_shape=lambda config: parse_config(config).shape,
-    check_config=parse_config, extras={"variational_bound": bound_terms},
+    check_config=parse_config, extras={"variational_bound": bound_terms}, defaults=DEFAULTS,
     summary="Flow++ variational dequantizer q(u|k): u ∈ (0,1)^D → logit → context affine → conditional "
             "couplings → ε; context (2k + 1)/n_bins − 1",
 ))

@@ -232,5 +232,5 @@ register(Kind(
     latent_shape=lambda config: (parse_config(config).size,),
     init_params=glow_params, check_config=parse_config,
     summary="Glow: L levels of squeeze and K × (actnorm, conv1x1_lu, coupling), learned-prior splits; flat latent",
-    extras={"split_prior": multiscale_view},
+    extras={"split_prior": multiscale_view}, defaults=DEFAULTS,
 ))

@@ -893,6 +893,7 @@ def _kind(name: str, conv: bool) -> Kind:
                  + ("CNN (LipSwish → 3×3 → 1×1 → 3×3 conv)" if conv else "MLP") + ", coeff < 1"),
         extras={"logdet_estimate": logdet_estimate, "gradient_estimate": gradient_estimate,
                 "roulette_variance": roulette_variance, "weight_norms": weight_norms},
+        defaults=DEFAULTS,
     )
 
 
