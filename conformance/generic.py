@@ -17,7 +17,7 @@ from . import finite_diff, namespace, strategies
 from .adapter import NotSupported
 from .property import CheckContext, PropertyFailure, prop
 from .strategies import event_size
-from .tolerances import MAX_CONDITION, condition_number
+from .tolerances import MAX_CONDITION, condition_number, relative_error, tolerance
 
 
 def _draw(ctx: CheckContext, batch: int = strategies.BATCH):
@@ -112,7 +112,10 @@ def fresh_flow_round_trip(ctx: CheckContext) -> None:
     first training forward (where a data-dependent initialisation runs), is a usable flow at inputs
     of magnitude 1: its log|det| is finite and f⁻¹(f(x)) ≈ x at the round-trip tolerance for the
     implementation's own condition number, capped at the dtype's limit rather than skipped beyond
-    it (a singular initial weight is the finding here, not a point to avoid)."""
+    it (a singular initial weight is the finding here, not a point to avoid). Where the kind declares
+    the log|det| a constructed flow starts at (``extras["constructed_log_abs_det"]``: Glow's random
+    rotation, 0), the fresh flow's log|det| is that value, to the rounding of float32 (the dtype torch
+    modules are initialised in before any conversion)."""
     spec = ctx.draw_spec()
     x, c = ctx.draw_input(spec, magnitudes=(1.0,)), ctx.draw_context(spec)
     flow = ctx.adapter.construct(spec.kind, spec.config, ctx.dtype, ctx.device)
@@ -122,6 +125,13 @@ def fresh_flow_round_trip(ctx: CheckContext) -> None:
         ctx.adapter.set_training(flow, False)
     z, logdet = ctx.adapter.forward(flow, x, c)
     ctx.require(bool(np.all(np.isfinite(logdet))), f"log|det| of the fresh flow is not finite: {logdet.tolist()}")
+    declared = namespace.kind(spec.kind).extras.get("constructed_log_abs_det") if not namespace.is_foreign(spec.kind) \
+        else None
+    if declared is not None:  # torch modules are initialised in float32: the value holds to its rounding
+        err, tol = relative_error(logdet, np.full_like(logdet, declared)), tolerance("logdet", "float32", event_size(spec))
+        ctx.record(err, tol)
+        ctx.require(err <= tol, f"log|det| of the constructed flow is {logdet.tolist()}, not the kind's declared "
+                                f"starting value {declared} (relative error {err:.3e} > {tol:.1e}, float32 rounding)")
     kappa = condition_number(fd_jacobians(ctx, flow, spec, x, c))  # not skipped beyond the limit: capped
     ctx.assert_close(ctx.adapter.inverse(flow, z, c), x, "roundtrip", event_size(spec), "f⁻¹(f(x)) vs x of the fresh flow",
                      kappa)

@@ -88,10 +88,18 @@ def _row_of_two_ones(params: dict[str, np.ndarray]) -> dict[str, np.ndarray] | N
     return {"P": p}
 
 
-def _half_sign(params: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    sign = np.array(params["sign_s"], dtype=np.float64)
-    sign[0] = 0.5
-    return {"sign_s": sign}
+def _sign_of(value: float):
+    """An ``invalid_params`` maker: ``sign_s`` with its first entry ``value`` (not ±1)."""
+    def make(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sign = np.array(params["sign_s"], dtype=np.float64)
+        sign[0] = value
+        return {"sign_s": sign}
+    return make
+
+
+CONSTRUCTED_LOG_ABS_DET = 0.0
+"""The log|det| of a constructed 1×1 convolution: Glow (Sec. 3.2) initialises W as a random rotation,
+"having a log-determinant of 0" (the LU form factorises that rotation)."""
 
 
 register(Kind(
@@ -99,7 +107,8 @@ register(Kind(
     event_shape=image_shape, init_params=conv1x1_params, check_config=image_shape,
     config_keys=frozenset({"channels", "height", "width"}),
     summary="invertible 1×1 convolution with a full C×C weight, log|det| = H·W·log|det W|",
-    extras={"invalid_params": (("a singular weight", "weight", _singular),)},
+    extras={"invalid_params": (("a singular weight", "weight", _singular),),
+            "constructed_log_abs_det": CONSTRUCTED_LOG_ABS_DET},
 ))
 
 
@@ -152,5 +161,7 @@ register(Kind(
     config_keys=frozenset({"channels", "height", "width"}),
     summary="LU-parameterised invertible 1×1 convolution, log|det| = H·W·Σ log_s",
     extras={"invalid_params": (("P with a row of two ones (columns still sum to 1)", "P", _row_of_two_ones),
-                               ("sign_s with an entry 0.5", "sign_s", _half_sign))},
+                               ("sign_s with an entry 0.5", "sign_s", _sign_of(0.5)),
+                               ("sign_s with an entry −2 (a scale folded into the sign)", "sign_s", _sign_of(-2.0))),
+            "constructed_log_abs_det": CONSTRUCTED_LOG_ABS_DET},
 ))

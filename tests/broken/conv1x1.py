@@ -95,7 +95,20 @@ class Conv1x1ZeroInitialised(Conv1x1):
             self.weight.zero_()
 
 
+class Conv1x1GaussianInitialised(Conv1x1):
+    """The weight is initialised as a Gaussian matrix scaled by 1/√C (a common default for linear
+    layers) instead of Glow's random rotation: invertible almost surely, every loaded flow right,
+    but a constructed flow starts with log|det| ≠ 0."""
+
+    def __init__(self, channels, height, width, *, validate_args=None):
+        super().__init__(channels, height, width, validate_args=validate_args)
+        with torch.no_grad():
+            self.weight.copy_(torch.randn(channels, channels) / channels ** 0.5)
+
+
 CASES = [
+    BrokenCase("conv1x1 initialised as a Gaussian matrix, not a rotation", "conv1x1", Conv1x1GaussianInitialised,
+               white_box=("fresh_flow_round_trip",), black_box=("fresh_flow_round_trip",)),
     BrokenCase("conv1x1 fresh weight left at zeros", "conv1x1", Conv1x1ZeroInitialised,
                white_box=("fresh_flow_round_trip",), black_box=("fresh_flow_round_trip",)),
     BrokenCase("conv1x1 inverse relies on LinAlgError for a singular weight", "conv1x1",
