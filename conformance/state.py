@@ -345,7 +345,7 @@ def data_init_from_fresh(ctx: CheckContext) -> None:
     for mode, training in (("training", True), ("evaluation", False)):
         ctx.adapter.set_training(flow, training)
         for name, batch in batches.items():
-            _check_initialised(ctx, flow, initialised, batch, f"on {name} in {mode} mode after initialisation")
+            _check_initialised(ctx, flow, initialised, batch, f"on {name} in {mode} mode after initialisation", x)
 
 
 @prop("data_init_checkpointed", requires=["black_box", "fresh", "train_eval", "state"], kinds=_has_data_init)
@@ -360,12 +360,12 @@ def data_init_checkpointed(ctx: CheckContext) -> None:
                            actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
     source = _fresh(ctx, spec)
     ctx.adapter.set_training(source, True)
-    _check_initialised(ctx, source, initialised, x, "on the initialising batch")
+    _check_initialised(ctx, source, initialised, x, "on the initialising batch", x)
     target = _fresh(ctx, spec)
     ctx.adapter.load_state(target, ctx.adapter.save_state(source))
     ctx.adapter.set_training(target, True)
     _check_initialised(ctx, target, initialised, ctx.draw_input(spec),
-                       "on another batch, in training mode, after loading the initialised checkpoint")
+                       "on another batch, in training mode, after loading the initialised checkpoint", x)
     _check_uninitialised_checkpoint(ctx, spec, x, initialised)
 
 
@@ -381,7 +381,7 @@ def _check_uninitialised_checkpoint(ctx: CheckContext, spec: FlowSpec, x: np.nda
     ctx.adapter.load_state(other, ctx.adapter.save_state(_fresh(ctx, spec)))
     ctx.adapter.set_training(other, True)
     _check_initialised(ctx, other, initialised, x,
-                       "on its first training batch after loading a checkpoint saved before initialisation")
+                       "on its first training batch after loading a checkpoint saved before initialisation", x)
 
 
 @prop("data_init_skips_an_empty_batch", requires=["black_box", "fresh", "train_eval"], kinds=_has_data_init)
@@ -397,21 +397,33 @@ def data_init_skips_an_empty_batch(ctx: CheckContext) -> None:
     check_empty_batch(ctx, flow, spec, x, None, inverse=False)
     initialised = FlowSpec(spec.kind, spec.config,
                            actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
-    _check_initialised(ctx, flow, initialised, x, "on the first non-empty training batch after an empty one")
+    _check_initialised(ctx, flow, initialised, x, "on the first non-empty training batch after an empty one", x)
 
 
 def _fresh(ctx: CheckContext, spec: FlowSpec) -> Any:
     return ctx.adapter.fresh(spec.kind, spec.config, seed_for("fresh", spec.to_json()), ctx.dtype, ctx.device)
 
 
-def _check_initialised(ctx: CheckContext, flow: Any, initialised: FlowSpec, batch: np.ndarray, what: str) -> None:
-    """z and log|det| of ``flow`` on ``batch`` are the reference's at the initialised spec."""
+def _check_initialised(ctx: CheckContext, flow: Any, initialised: FlowSpec, batch: np.ndarray, what: str,
+                       init_batch: np.ndarray) -> None:
+    """z and log|det| of ``flow`` on ``batch`` are the reference's at the spec initialised from
+    ``init_batch`` (at the statistics' conditioning, :func:`init_condition`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a documented notice of a constant channel
         z, logdet = ctx.adapter.forward(flow, batch)
-    size = event_size(initialised)
-    ctx.assert_close(z, reference.forward(initialised, batch), "forward", size, f"z {what}")
-    ctx.assert_close(logdet, reference.log_abs_det(initialised, batch), "logdet", size, f"log|det| {what}")
+    size, kappa = event_size(initialised), init_condition(init_batch)
+    ctx.assert_close(z, reference.forward(initialised, batch), "init_forward", size, f"z {what}", kappa)
+    ctx.assert_close(logdet, reference.log_abs_det(initialised, batch), "logdet", size, f"log|det| {what}", kappa)
+
+
+def init_condition(x: np.ndarray) -> float:
+    """max over the channels with spread of (|mean| + std)/std of ``x``'s per-channel values (axis 1
+    is the channel): how much rounding of the values the standard deviation, and so the initialised
+    log-scale, amplifies (the ``init_forward`` row); 1 where no channel has spread."""
+    values = np.moveaxis(np.asarray(x, np.float64), 1, 0).reshape(x.shape[1], -1)
+    std, mean = values.std(axis=1), np.abs(values.mean(axis=1))
+    spread = std > 0
+    return float(np.max((mean[spread] + std[spread]) / std[spread])) if bool(spread.any()) else 1.0
 
 
 # ----------------------------------------------------------------------------- dtype conversion

@@ -59,6 +59,11 @@ TABLE: dict[str, Rule] = {
     "inverse": Rule(1024.0, 1.0, why="solves amplify rounding by the Jacobian's condition number", conditioned=True),
     "roundtrip": Rule(1024.0, 1.0, why="forward then inverse: two rounding paths and a solve", conditioned=True),
     "grad": Rule(256.0, 1.0, why="reverse-mode sums over D outputs and through the log-det"),
+    "init_forward": Rule(64.0, 0.5, why="z of a flow whose parameters come from a data-dependent initialisation "
+                         "(per-channel mean and standard deviation of a batch), computed independently by the "
+                         "implementation and the reference: the standard deviation of values around a mean m "
+                         "rounds relative to (|m| + s)/s, the condition number passed here, and its log enters "
+                         "z as a relative error", conditioned=True),
     "diag": Rule(64.0, 1.0, why="diagonal of the Jacobian, chain rule through depth"),
     "fd_logdet": Rule(256.0, 1.0, base="fd", why="slogdet of a Richardson central-difference Jacobian",
                       conditioned=True),

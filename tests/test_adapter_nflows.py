@@ -43,7 +43,8 @@ KINDS = ["actnorm", "sigmoid", "nflows:maf", "nflows:lu_linear", "nflows:qr_line
          "nflows:leaky_relu"]
 PROPERTIES = ["data_init_from_fresh", "train_eval_agree", "logdet_matches_fd_jacobian",
               "inverse_logdet_matches_fd_jacobian", "forward_with_grad_matches_fd_jacobian", "inverse_round_trip",
-              "autoregressive_forbidden_entries_zero", "autoregressive_no_dead_connections", "bad_input_rejected"]
+              "autoregressive_forbidden_entries_zero", "autoregressive_no_dead_connections", "bad_input_rejected",
+              "data_init_skips_an_empty_batch"]
 # The empty-batch property alone on the kinds whose nflows module crashes on a (0, D) batch and on
 # two that do not (an empty batch is valid input, so a crash is a finding, not a validation matter).
 EMPTY_BATCH_KINDS = ["sigmoid", "logit", "nflows:tanh", "nflows:rq_coupling", "nflows:affine_coupling",
@@ -52,6 +53,8 @@ EMPTY_BATCH_CRASHES = ("sigmoid", "logit", "nflows:tanh", "nflows:rq_coupling")
 FINDINGS = {
     ("actnorm", "data_init_from_fresh", "float64"),
     ("actnorm", "data_init_from_fresh", "float32"),
+    ("actnorm", "data_init_skips_an_empty_batch", "float64"),
+    ("actnorm", "data_init_skips_an_empty_batch", "float32"),
     ("nflows:lu_linear", "train_eval_agree", "float64"),
     ("nflows:qr_linear", "train_eval_agree", "float64"),
     ("nflows:leaky_relu", "logdet_matches_fd_jacobian", "float64"),
@@ -232,6 +235,18 @@ def test_finding_actnorm_constant_channel_gives_an_infinite_log_scale():
     assert math.isinf(actnorm.log_scale[0].item()) and not torch.isfinite(z[:, 0]).any()
     assert math.isinf(logdet[0].item())
     assert torch.isfinite(actnorm.log_scale[1:]).all()
+
+
+def test_finding_actnorm_initialises_from_an_empty_first_batch_into_nan():
+    """Finding: a fresh ActNorm's first training forward on a (0, D) batch takes the mean and std of
+    no data (NaN), sets ``initialized``, and every later output is NaN; nothing can be initialised
+    from zero samples, so the module should initialise on its first non-empty batch. Checked on
+    nflows's module directly."""
+    actnorm = nft.ActNorm(3).double()
+    z, logdet = actnorm(torch.zeros(0, 3, dtype=torch.float64))
+    assert z.shape == (0, 3) and logdet.shape == (0,) and bool(actnorm.initialized)
+    assert bool(torch.isnan(actnorm.log_scale).all()) and bool(torch.isnan(actnorm.shift).all())
+    assert bool(torch.isnan(actnorm(torch.randn(2, 3, dtype=torch.float64))[0]).all())
 
 
 def test_finding_lu_linear_cached_inverse_fails_in_float64():

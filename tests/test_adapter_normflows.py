@@ -38,7 +38,7 @@ KINDS = ("planar", "actnorm", "normflows:maf", "normflows:planar_leaky_relu", "n
          "normflows:spline_coupling", "normflows:residual_exact", "normflows:normalizing_flow")
 PROPERTIES = ("logdet_matches_fd_jacobian", "inverse_round_trip", "inverse_logdet_matches_fd_jacobian",
               "input_grad_matches_fd", "autoregressive_forbidden_entries_zero_fd", "empty_batch_shapes",
-              "data_init_from_fresh", "actnorm_data_init")
+              "data_init_from_fresh", "actnorm_data_init", "data_init_skips_an_empty_batch")
 
 #: The verified findings in that selection, (kind, property, dtype), each backed by a test below
 #: (named in the comment).
@@ -55,6 +55,8 @@ FINDINGS = {
     ("normflows:normalizing_flow", "logdet_matches_fd_jacobian", "float64"),   # ..._in_float32
     ("normflows:normalizing_flow", "inverse_logdet_matches_fd_jacobian", "float64"),
     ("normflows:normalizing_flow", "input_grad_matches_fd", "float64"),
+    ("actnorm", "data_init_skips_an_empty_batch", "float64"),                  # ..._empty_first_batch_...
+    ("actnorm", "data_init_skips_an_empty_batch", "float32"),
 }
 
 
@@ -388,3 +390,14 @@ def test_actnorm_init_scales_a_constant_channel_by_1e6():
     logdet = ADAPTER.forward(flow, x.numpy())[1]
     expected = -np.log(float(x[:, 1].std()) + 1e-6) + np.log(1e6)
     np.testing.assert_allclose(logdet, expected, rtol=1e-9)
+
+
+def test_actnorm_initialises_from_an_empty_first_batch_into_nan() -> None:
+    """A fresh ActNorm's first training forward on a (0, D) batch takes the statistics of no data
+    (NaN), marks itself initialised, and every later output is NaN (the module alone, float64)."""
+    flow = nf.flows.ActNorm((3,)).double()
+    flow.train()
+    z, _ = flow(torch.zeros(0, 3, dtype=torch.float64))
+    assert z.shape == (0, 3) and bool(flow.data_dep_init_done)
+    assert bool(torch.isnan(flow.s).all()) and bool(torch.isnan(flow.t).all())
+    assert bool(torch.isnan(flow(torch.randn(2, 3, dtype=torch.float64))[0]).all())
