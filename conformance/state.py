@@ -23,7 +23,8 @@ from its first batch, and converts it with ``.to(dtype)``. Each is a property he
 * ``data_init_checkpointed`` (also ``state``): the checkpoint of a module so initialised, loaded
   into another fresh module, is an initialised state (its first training forward does not
   initialise again), and the checkpoint of a fresh module, loaded into an initialised one, is an
-  uninitialised state (its next training forward initialises);
+  uninitialised state (its next training forward initialises), as is, white-box, a spec whose
+  ``initialized`` flag is 0;
 * ``data_init_skips_an_empty_batch``: a fresh module's first training forward on an empty batch
   gives empty results and initialises nothing (the next batch initialises);
 * ``spec_export_round_trip`` (white-box, hook ``to_spec``): the spec a loaded flow exports describes
@@ -367,6 +368,11 @@ def data_init_checkpointed(ctx: CheckContext) -> None:
     _check_initialised(ctx, target, initialised, ctx.draw_input(spec),
                        "on another batch, in training mode, after loading the initialised checkpoint", x)
     _check_uninitialised_checkpoint(ctx, spec, x, initialised)
+    if "white_box" in ctx.adapter.capabilities().modes and "initialized" in spec.params:
+        loaded = ctx.load(FlowSpec(spec.kind, spec.config, {**spec.params, "initialized": np.array(0.0)}))
+        ctx.adapter.set_training(loaded, True)
+        _check_initialised(ctx, loaded, initialised, x, "on its first training batch after loading a spec whose "
+                           "'initialized' flag is 0", x)
 
 
 def _check_uninitialised_checkpoint(ctx: CheckContext, spec: FlowSpec, x: np.ndarray, initialised: FlowSpec) -> None:
