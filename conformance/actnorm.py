@@ -14,7 +14,7 @@ from flowspec.spec import FlowSpec
 
 from .conventions import actnorm_initialised
 from .covering import declare_axes
-from .elementwise import LOG_SCALE_REGIMES, SHAPES, shape_axes, with_log_scales
+from .elementwise import CHANNEL_LAYOUTS, CHANNEL_SHAPES, LOG_SCALE_REGIMES, shape_axes, with_log_scales
 from .finite_diff import ROUND
 from .property import CheckContext, prop
 from .strategies import config, event_size, from_configs, register_specs
@@ -22,10 +22,10 @@ from .strategies import config, event_size, from_configs, register_specs
 
 @register_specs("actnorm")
 def _actnorm():
-    return with_log_scales(from_configs("actnorm", config(shape=SHAPES)), "bias", in_output_units=False)
+    return with_log_scales(from_configs("actnorm", config(shape=CHANNEL_SHAPES)), "bias", in_output_units=False)
 
 
-declare_axes("actnorm", **shape_axes(), regime=tuple(LOG_SCALE_REGIMES))
+declare_axes("actnorm", **shape_axes(layouts=CHANNEL_LAYOUTS), regime=tuple(LOG_SCALE_REGIMES))
 
 
 @prop("actnorm_data_init", requires=["black_box", "initialize"], kinds=["actnorm"])

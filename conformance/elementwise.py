@@ -3,10 +3,12 @@ log-scale regimes that the per-entry and per-channel kinds share.
 
 Axes (:mod:`.covering`):
 
-* ``layout``: a vector ``[D]`` (axis ``size``), a sequence ``[C, W]`` or an image ``[C, H, W]``
-  (axes ``channels``, ``height``, ``width``), odd and even sizes alike (:func:`event_shapes`): the
-  reference takes events of any rank, and a per-channel broadcast written for ranks 1 and 3 only
-  (``len(shape) ^ 1`` for ``len(shape) − 1`` agrees at both) is wrong at rank 2;
+* ``layout``: a vector ``[D]`` (axis ``size``) or an image ``[C, H, W]`` (axes ``channels``,
+  ``height``, ``width``), odd and even sizes alike (:func:`event_shapes`); for the kinds that act
+  per channel (actnorm, the permutations) also a sequence ``[C, L]`` (``channels``, ``length``,
+  :data:`CHANNEL_LAYOUTS`): the reference takes events of any rank, and a per-channel broadcast
+  written for ranks 1 and 3 only (``len(shape) ^ 1`` for ``len(shape) − 1`` agrees at both) is
+  wrong at rank 2, while a per-entry map has no axis to get wrong;
 * ``regime`` of a log-scale parameter (:func:`with_log_scales`): ``init`` keeps the reference's
   N(0, 0.5²) values; ``large`` and ``small`` draw every log-scale uniformly from [6, 10] and
   [−10, −6], far from initialisation: scales up to e^±10, where a log-det formed as the log of a
@@ -33,33 +35,36 @@ from .covering import axis, declare_axes, salt
 from .seeding import rng
 from .strategies import SEEDS, config, from_configs, register_specs, sizes
 
-LAYOUTS = ("vector", "sequence", "image")
+LAYOUTS = ("vector", "image")
+CHANNEL_LAYOUTS = ("vector", "sequence", "image")  # kinds that act per channel (module docstring)
 LOG_SCALE_REGIMES: dict[str, tuple[float, float] | None] = {"init": None, "large": (6.0, 10.0), "small": (-10.0, -6.0)}
 LOGIT_ALPHAS = (0.0, 1e-6, 0.05)
 
 
 def event_shapes(vector: tuple[int, int] = (1, 6), channels: tuple[int, int] = (1, 3),
-                 sides: tuple[int, int] = (1, 3)) -> st.SearchStrategy:
-    """Shapes ``[D]`` with D in ``vector``, ``[C, W]`` (a sequence: the reference takes events of any
-    rank, channels first) or ``[C, H, W]`` with C in ``channels`` and H, W in ``sides``; the layout
-    and every size are axes (:func:`shape_axes`)."""
+                 sides: tuple[int, int] = (1, 3), layouts: tuple[str, ...] = LAYOUTS) -> st.SearchStrategy:
+    """Shapes ``[D]`` with D in ``vector``, ``[C, L]`` (a sequence of length L in ``vector``: the
+    reference takes events of any rank, channels first) or ``[C, H, W]`` with C in ``channels`` and
+    H, W in ``sides``; the layout and every size are axes (:func:`shape_axes`)."""
     vectors = st.tuples(sizes(*vector, name="size")).map(list)
-    sequences = st.tuples(sizes(*channels, name="channels"), sizes(*sides, name="width")).map(list)
+    sequences = st.tuples(sizes(*channels, name="channels"), sizes(*vector, name="length")).map(list)
     images = st.tuples(sizes(*channels, name="channels"), sizes(*sides, name="height"),
                        sizes(*sides, name="width")).map(list)
     by_layout = {"vector": vectors, "sequence": sequences, "image": images}
-    return axis("layout", LAYOUTS).flatmap(by_layout.__getitem__)
+    return axis("layout", layouts).flatmap(by_layout.__getitem__)
 
 
 def shape_axes(vector: tuple[int, int] = (1, 6), channels: tuple[int, int] = (1, 3),
-               sides: tuple[int, int] = (1, 3)) -> dict[str, Any]:
+               sides: tuple[int, int] = (1, 3), layouts: tuple[str, ...] = LAYOUTS) -> dict[str, Any]:
     """The axes :func:`event_shapes` draws, for :func:`~.covering.declare_axes`."""
     span = lambda bounds: range(bounds[0], bounds[1] + 1)  # noqa: E731
-    return {"layout": LAYOUTS, "size": span(vector), "channels": span(channels), "height": span(sides),
-            "width": span(sides)}
+    out = {"layout": layouts, "size": span(vector), "channels": span(channels), "height": span(sides),
+           "width": span(sides)}
+    return {**out, "length": span(vector)} if "sequence" in layouts else out
 
 
 SHAPES = event_shapes()
+CHANNEL_SHAPES = event_shapes(layouts=CHANNEL_LAYOUTS)
 
 
 def _set_log_scales(spec: FlowSpec, regime: str, seed: int, offset: str, in_output_units: bool) -> FlowSpec:

@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .covering import axis, declare_axes, salt
-from .elementwise import SHAPES, event_shapes, shape_axes
+from .elementwise import CHANNEL_LAYOUTS, CHANNEL_SHAPES, event_shapes, shape_axes
 from .seeding import rng
 from .strategies import SEEDS, config, from_configs, register_specs
 
@@ -45,13 +45,13 @@ def permutation_configs(shape: Sequence[int]) -> st.SearchStrategy:
 
 @register_specs("reverse_permutation")
 def _reverse():
-    return from_configs("reverse_permutation", config(shape=SHAPES))
+    return from_configs("reverse_permutation", config(shape=CHANNEL_SHAPES))
 
 
 @register_specs("permutation")
 def _permutation():
-    return from_configs("permutation", event_shapes(**AT_LEAST_THREE).flatmap(permutation_configs))
+    return from_configs("permutation", event_shapes(**AT_LEAST_THREE, layouts=CHANNEL_LAYOUTS).flatmap(permutation_configs))
 
 
-declare_axes("reverse_permutation", **shape_axes())
-declare_axes("permutation", **shape_axes(**AT_LEAST_THREE), cycles=CYCLES)
+declare_axes("reverse_permutation", **shape_axes(layouts=CHANNEL_LAYOUTS))
+declare_axes("permutation", **shape_axes(**AT_LEAST_THREE, layouts=CHANNEL_LAYOUTS), cycles=CYCLES)

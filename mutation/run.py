@@ -455,9 +455,15 @@ def retest(family: Family) -> dict:
     return out
 
 
+UNIT_TESTS_OF_EVERY_FAMILY = ("tests/test_reload.py::test_checkpoint_layout_is_the_recorded_one",)
+"""Unit tests that hold every family at once: the recorded ``state_dict`` layout of every kind."""
+
+
 def unit_command(family: Family) -> str:
-    """The project's own unit tests of ``accelerated/FAMILY.py`` (``tests/test_FAMILY.py``)."""
-    return shlex.join([PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"tests/test_{family.name}.py"])
+    """The project's own unit tests of ``accelerated/FAMILY.py`` (``tests/test_FAMILY.py``) and
+    :data:`UNIT_TESTS_OF_EVERY_FAMILY`."""
+    return shlex.join([PYTHON, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"tests/test_{family.name}.py",
+                       *UNIT_TESTS_OF_EVERY_FAMILY])
 
 
 def unit(family: Family) -> dict:
