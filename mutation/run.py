@@ -411,10 +411,10 @@ def _apply_equivalents(out: dict, equivalents: dict[str, str]) -> dict:
     return out
 
 
-def _mutate_and_test(file: str, m: dict, command: str, commit: str) -> dict:
+def _mutate_and_test(file: str, m: dict, command: str, commit: str, judge=None) -> dict:
     """``cosmic-ray mutate-and-test`` of the recorded mutant ``m`` of ``file`` with ``command``: its
-    outcome and failed checks, or ``"source changed"`` (not tested) when the mutation no longer gives
-    the recorded diff."""
+    outcome and failed checks (:func:`classify`, or ``judge``), or ``"source changed"`` (not tested)
+    when the mutation no longer gives the recorded diff."""
     operator, occurrence = m["key"].rsplit("#", 1)
     cosmic = str(Path(sys.executable).parent / "cosmic-ray")
     proc = subprocess.run([cosmic, "mutate-and-test", file, operator, occurrence, command], cwd=ROOT,
@@ -423,7 +423,7 @@ def _mutate_and_test(file: str, m: dict, command: str, commit: str) -> dict:
                            if k in ("worker_outcome", "output", "test_outcome", "diff")})
     if _changed_lines(result.diff or "") != _changed_lines(m["diff"]):
         return {"commit": commit, "outcome": "source changed", "failed": []}
-    outcome, failed = classify(result)
+    outcome, failed = (judge or classify)(result)
     return {"commit": commit, "outcome": outcome, "failed": failed}
 
 
@@ -466,12 +466,21 @@ def unit_command(family: Family) -> str:
                        *UNIT_TESTS_OF_EVERY_FAMILY])
 
 
+def _judge_pytest(result: WorkResult) -> tuple[str, list[str]]:
+    """``killed`` for a pytest run that failed (exit code non-zero: a failed or erroring test),
+    ``survived`` for one that passed, ``crash`` where the worker itself failed; the failed tests."""
+    if result.worker_outcome != WorkerOutcome.NORMAL:
+        return "crash", []
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", result.output or "", re.MULTILINE)
+    return ("survived", []) if result.test_outcome == TestOutcome.SURVIVED else ("killed", failed)
+
+
 def unit(family: Family) -> dict:
     """Run the project's unit tests of the family (:func:`unit_command`) on every mutant the
     conformance suite still lets survive (after any retest): the survivors that the unit tests kill
     are invisible to the suite (an iteration path, a speed-only branch, a message) but not untested.
-    Each result goes into the mutant's ``unit_tests`` entry; ``killed_by_unit_tests`` counts them.
-    (A pytest exit other than 0 or 1 is a crash, as for the suite.)"""
+    Each result goes into the mutant's ``unit_tests`` entry (:func:`_judge_pytest`);
+    ``killed_by_unit_tests`` counts them."""
     path = result_path(family.name)
     out = _apply_equivalents(json.loads(path.read_text()), load_equivalents(family.name))
     commit, command = _commit(), unit_command(family)
@@ -479,7 +488,7 @@ def unit(family: Family) -> dict:
         if not _still_surviving(m):
             m.pop("unit_tests", None)
             continue
-        m["unit_tests"] = _mutate_and_test(out["file"], m, command, commit)
+        m["unit_tests"] = _mutate_and_test(out["file"], m, command, commit, judge=_judge_pytest)
         print(f"{family.name} {m['key']} (unit tests): {m['unit_tests']['outcome']}", flush=True)
     out["unit_tests_at"] = commit
     out["killed_by_unit_tests"] = sum(m.get("unit_tests", {}).get("outcome") in ("killed", "timeout", "crash")
