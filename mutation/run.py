@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import random
 import re
@@ -38,6 +39,7 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResul
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "mutation"
 SAMPLE_SIZE = 40
+MAX_OCCURRENCES = 2000  # more than any operator occurs in one file of accelerated/
 SEED = 20261203
 PROPERTY_TIMEOUT_S = 120
 # The whole test of one mutant may take this many times the clean run (at least MIN_TIMEOUT_S)
@@ -413,18 +415,39 @@ def _apply_equivalents(out: dict, equivalents: dict[str, str]) -> dict:
 
 def _mutate_and_test(file: str, m: dict, command: str, commit: str, judge=None) -> dict:
     """``cosmic-ray mutate-and-test`` of the recorded mutant ``m`` of ``file`` with ``command``: its
-    outcome and failed checks (:func:`classify`, or ``judge``), or ``"source changed"`` (not tested)
-    when the mutation no longer gives the recorded diff."""
+    outcome and failed checks (:func:`classify`, or ``judge``). Where other edits of the file moved
+    the mutant to another occurrence of its operator, that occurrence is found by its diff
+    (:func:`_occurrence_of`, recorded as ``occurrence``); ``"source changed"`` (not tested) where
+    no occurrence gives the recorded diff any more."""
     operator, occurrence = m["key"].rsplit("#", 1)
+    now = _occurrence_of(file, operator, _changed_lines(m["diff"]), int(occurrence))
+    if now is None:
+        return {"commit": commit, "outcome": "source changed", "failed": []}
     cosmic = str(Path(sys.executable).parent / "cosmic-ray")
-    proc = subprocess.run([cosmic, "mutate-and-test", file, operator, occurrence, command], cwd=ROOT,
+    proc = subprocess.run([cosmic, "mutate-and-test", file, operator, str(now), command], cwd=ROOT,
                           capture_output=True, text=True)
     result = WorkResult(**{k: v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()
                            if k in ("worker_outcome", "output", "test_outcome", "diff")})
-    if _changed_lines(result.diff or "") != _changed_lines(m["diff"]):
-        return {"commit": commit, "outcome": "source changed", "failed": []}
     outcome, failed = (judge or classify)(result)
-    return {"commit": commit, "outcome": outcome, "failed": failed}
+    return {"commit": commit, "outcome": outcome, "failed": failed,
+            **({"occurrence": now} if now != int(occurrence) else {})}
+
+
+def _occurrence_of(file: str, operator: str, changed: list[str], recorded: int) -> int | None:
+    """The occurrence of ``operator`` in the committed ``file`` whose mutation changes exactly the
+    lines ``changed`` (the recorded one first), or None."""
+    source = committed_source(file)
+    mutate = get_operator(operator)()
+    for occurrence in [recorded, *range(MAX_OCCURRENCES)]:
+        mutated = mutate_code(source, mutate, occurrence)
+        if mutated is None:
+            if occurrence == recorded:
+                continue
+            return None
+        diff = difflib.unified_diff(source.splitlines(), mutated.splitlines(), lineterm="")
+        if _changed_lines("\n".join(diff)) == changed:
+            return occurrence
+    return None
 
 
 def _still_surviving(m: dict) -> bool:
@@ -434,8 +457,9 @@ def _still_surviving(m: dict) -> bool:
 def retest(family: Family) -> dict:
     """Test every survivor of ``results/FAMILY.json`` again with the family's test command on the
     current suite (``cosmic-ray mutate-and-test`` applies the mutant to the file, tests, restores it).
-    A survivor whose mutation no longer gives the recorded diff (the source changed since the run)
-    is recorded as ``"source changed"``, not tested. Each result goes into the mutant's ``retest``
+    A survivor whose mutation moved to another occurrence of its operator (other edits of the file)
+    is found by its diff; one that no occurrence gives any more is recorded as ``"source changed"``,
+    not tested. Each result goes into the mutant's ``retest``
     entry with the commit; ``score_after_retest`` counts the survivors killed since."""
     path = result_path(family.name)
     out = _apply_equivalents(json.loads(path.read_text()), load_equivalents(family.name))

@@ -514,3 +514,15 @@ def test_the_early_stop_counts_the_roulette_weights(monkeypatch: pytest.MonkeyPa
     assert flow.jacobian_bound() == pytest.approx(0.3, rel=1e-5)
     estimates, terms = _early_and_full(flow, x, "weighted-stop", monkeypatch)
     assert torch.equal(estimates[0], estimates[1]) and 13 < terms[0] < terms[1]
+
+
+def test_a_series_with_no_terms_is_zero_and_reports_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No exact terms and every draw N = 0 (training mode, no gradient): the roulette estimate is the
+    empty sum, 0, and ``last_series_terms`` reports that no term ran."""
+    spec = _spec("residual_mlp", "no-terms", logdet="roulette", n_exact_terms=0)
+    flow = from_spec(spec).train()
+    draw = flow._draw
+    monkeypatch.setattr(flow, "_draw", lambda batch, x: (draw(batch, x)[0], torch.zeros_like(draw(batch, x)[1])))
+    with torch.no_grad():
+        _, logdet = flow(torch.as_tensor(_x(spec, "no-terms", 4)))
+    assert torch.equal(logdet, torch.zeros_like(logdet)) and flow.last_series_terms == 0
