@@ -123,7 +123,7 @@ from torch.autograd.function import once_differentiable
 from flowspec.errors import ConfigError, ConvergenceError
 from flowspec.spec import FlowSpec
 
-from .base import Flow, batch_sum, int_list, register, relative_norm, sample_norm, softplus
+from .base import Flow, batch_sum, register, relative_norm, sample_norm, softplus
 from .lipschitz import (
     PROBE_FAILURE, ELU, Activation, Identity, conv_norm_bound, conv_operator_matrix, make_activation,
     spread_over_pixels,
@@ -795,8 +795,8 @@ class QuARConv(_QuARBlock):
         inverse_rtol: float | None = None,
         inverse_max_iter: int = 2000, validate_args: bool | None = None,
     ):
-        shape = tuple(int_list(shape, "shape"))
-        if len(shape) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        shape = _check_int_list("shape", shape)
+        if len(shape) != 3:
             raise ConfigError(f"shape must be [C, H, W] of positive ints, got {shape!r}")
         kernels = _check_int_list("kernels", kernels)
         if any(k % 2 == 0 for k in kernels):

@@ -340,8 +340,7 @@ def data_init_from_fresh(ctx: CheckContext) -> None:
     spec = ctx.draw_spec()
     x = _init_batch(ctx, spec)
     flow = _fresh(ctx, spec)
-    initialised = FlowSpec(spec.kind, spec.config,
-                           actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
+    initialised = _initialised(ctx, spec, x)
     batches = {"the initialising batch": x, "a later batch": ctx.draw_input(spec)}
     for mode, training in (("training", True), ("evaluation", False)):
         ctx.adapter.set_training(flow, training)
@@ -354,11 +353,12 @@ def data_init_checkpointed(ctx: CheckContext) -> None:
     """The checkpoint of a module initialised by its first training forward, loaded into another
     fresh module, is an initialised state: that module's first training forward, on another batch,
     keeps the loaded parameters (z and log|det| are the reference's at the first batch's
-    initialisation) instead of initialising from its own batch."""
+    initialisation) instead of initialising from its own batch. Conversely the checkpoint of a fresh
+    module (:func:`_check_uninitialised_checkpoint`) and, white-box, a spec whose ``initialized``
+    flag is 0 are uninitialised states: the next training forward initialises from its batch."""
     spec = ctx.draw_spec()
     x = _init_batch(ctx, spec)
-    initialised = FlowSpec(spec.kind, spec.config,
-                           actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
+    initialised = _initialised(ctx, spec, x)
     source = _fresh(ctx, spec)
     ctx.adapter.set_training(source, True)
     _check_initialised(ctx, source, initialised, x, "on the initialising batch", x)
@@ -381,9 +381,7 @@ def _check_uninitialised_checkpoint(ctx: CheckContext, spec: FlowSpec, x: np.nda
     ``x``, initialises from ``x``."""
     other = _fresh(ctx, spec)
     ctx.adapter.set_training(other, True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a documented notice of a constant channel
-        ctx.adapter.forward(other, ctx.draw_input(spec))
+    _forward_quietly(ctx, other, ctx.draw_input(spec))
     ctx.adapter.load_state(other, ctx.adapter.save_state(_fresh(ctx, spec)))
     ctx.adapter.set_training(other, True)
     _check_initialised(ctx, other, initialised, x,
@@ -401,9 +399,22 @@ def data_init_skips_an_empty_batch(ctx: CheckContext) -> None:
     flow = _fresh(ctx, spec)
     ctx.adapter.set_training(flow, True)
     check_empty_batch(ctx, flow, spec, x, None, inverse=False)
-    initialised = FlowSpec(spec.kind, spec.config,
-                           actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
+    initialised = _initialised(ctx, spec, x)
     _check_initialised(ctx, flow, initialised, x, "on the first non-empty training batch after an empty one", x)
+
+
+def _initialised(ctx: CheckContext, spec: FlowSpec, x: np.ndarray) -> FlowSpec:
+    """``spec`` with the parameters the kind's rule (``extras["init"]``, by any declared convention)
+    initialises from the batch ``x``."""
+    return FlowSpec(spec.kind, spec.config,
+                    actnorm_initialised(ctx, namespace.kind(spec.kind).extras["init"], x, spec.config))
+
+
+def _forward_quietly(ctx: CheckContext, flow: Any, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The forward of ``batch``, without the documented notice of a constant channel (a UserWarning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return ctx.adapter.forward(flow, batch)
 
 
 def _fresh(ctx: CheckContext, spec: FlowSpec) -> Any:
@@ -414,9 +425,7 @@ def _check_initialised(ctx: CheckContext, flow: Any, initialised: FlowSpec, batc
                        init_batch: np.ndarray) -> None:
     """z and log|det| of ``flow`` on ``batch`` are the reference's at the spec initialised from
     ``init_batch`` (at the statistics' conditioning, :func:`init_condition`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a documented notice of a constant channel
-        z, logdet = ctx.adapter.forward(flow, batch)
+    z, logdet = _forward_quietly(ctx, flow, batch)
     size, kappa = event_size(initialised), init_condition(init_batch)
     ctx.assert_close(z, reference.forward(initialised, batch), "init_forward", size, f"z {what}", kappa)
     ctx.assert_close(logdet, reference.log_abs_det(initialised, batch), "logdet", size, f"log|det| {what}", kappa)
