@@ -46,12 +46,16 @@ forward and the double-backward graph is released at once. Per-sample: ∂est_i/
 sample (the size of x), so any upstream gradient u_i is applied exactly to the input gradient; the
 parameter gradient is kept as the batch sum Σ_i ∂est_i/∂θ, which is exact when every u_i is the same
 (a mean or sum of log-densities). When the u_i differ (per-sample weighted losses), the backward
-recomputes the block's series from the stored probes and draws and weights it by u: one more series
+recomputes the block's series from the probes and draws and weights it by u: one more series
 evaluation (its VJPs and one double backward) for that block, one block at a time. The equality test
 on u costs one device synchronisation per block.
 
 Memory: with ``neumann_grad`` and ``grad_in_forward`` a training step keeps g's graph (as any layer
-does), the probes, the draws and the gradients, none of which grows with the number of terms.
+does), the draws and the gradients, none of which grows with the number of terms. The probes drawn
+by the forward are not kept: the state of the generator they came from is (a few kilobytes on the
+CPU), and the per-sample-weighted backward above draws them again, bit-identical
+(:class:`Probes`); probes given by the caller (the conformance hooks) are kept. The series' term
+weights are tables per distinct drawn N (one column under ``draw="batch"``), not per row.
 
 Inverse (Algorithm 1 of the QuAR paper; Behrmann et al. 2019)
 --------------------------------------------------------------
@@ -75,7 +79,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -142,15 +147,27 @@ class RouletteDistribution:
 
 # ----------------------------------------------------------------------------- backward-in-forward
 
+@dataclass
+class Probes:
+    """The probe vectors of one forward, and how to draw them again: ``replay`` (None for probes given
+    by the caller) redraws the same tensor from the generator state they were drawn from, so that
+    backward-in-forward need not keep them (:class:`_LogDetInForward`)."""
+
+    v: Tensor
+    replay: Callable[[], Tensor] | None = None
+
+
 class _LogDetInForward(torch.autograd.Function):
     """Outputs (g(x), log-det estimate); the log-det's gradients are computed in the forward (eq. 9).
 
     See the module docstring for the per-sample treatment of the upstream gradient and its cost.
+    Memory: the probes are kept for backward only when they cannot be drawn again (given by the
+    caller); the backward needs them only for a non-uniform upstream gradient of the log-det.
     """
 
     @staticmethod
-    def forward(ctx, block: "ResidualBlock", v: Tensor, n: Tensor, x: Tensor, *params: Tensor):
-        batch = x.shape[0]
+    def forward(ctx, block: "ResidualBlock", probes: Probes, n: Tensor, x: Tensor, *params: Tensor):
+        batch, v = x.shape[0], probes.v
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(True)
             leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
@@ -158,14 +175,13 @@ class _LogDetInForward(torch.autograd.Function):
             value, surrogate = block._series(gx, x_rep, v, n, create_graph=not block.neumann_grad)
             trainable = [p for p in leaves if p.requires_grad]
             grads = _grad_or_none(block._per_sample(surrogate, batch).sum(), [x_leaf] + trainable, retain_graph=True)
-        ctx.block, ctx.gx, ctx.x_rep, ctx.x_leaf, ctx.leaves = block, gx, x_rep, x_leaf, leaves
-        ctx.save_for_backward(v, n, *[torch.zeros_like(t) if g is None else g for g, t in zip(grads, [x_leaf] + trainable)])
+        save_in_forward(ctx, block, probes, n, (gx, x_rep, x_leaf), leaves, grads)
         return gx[:batch].detach(), block._per_sample(value, batch).detach()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_g: Tensor, grad_logdet: Tensor):
-        v, n, grad_x, *grad_params = ctx.saved_tensors
+        n, grad_x, *grad_params = ctx.saved_tensors
         batch = grad_logdet.shape[0]
         trainable = [p for p in ctx.leaves if p.requires_grad]
         with torch.enable_grad():
@@ -174,6 +190,7 @@ class _LogDetInForward(torch.autograd.Function):
             if bool((grad_logdet == grad_logdet[0]).all()):
                 weighted = [grad_logdet[0] * g for g in grad_params]
             else:
+                v = ctx.probes.v if ctx.probes.replay is None else ctx.probes.replay()
                 _, surrogate = ctx.block._series(ctx.gx, ctx.x_rep, v, n, create_graph=not ctx.block.neumann_grad)
                 loss = (ctx.block._per_sample(surrogate, batch) * grad_logdet).sum()
                 weighted = _grad_or_none(loss, trainable)
@@ -182,6 +199,25 @@ class _LogDetInForward(torch.autograd.Function):
         totals = iter([_add(a, b) for a, b in zip(path[1:], weighted)])
         param_grads = [next(totals) if p.requires_grad else None for p in ctx.leaves]
         return (None, None, None, total_x, *param_grads)
+
+
+def save_in_forward(ctx: Any, block: "ResidualBlock", probes: Probes, n: Tensor, graph: tuple[Tensor, Tensor, Tensor],
+                    leaves: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
+    """What :meth:`_LogDetInForward.backward` reads: the block, g's graph ``(gx, x_rep, x_leaf)`` and
+    its parameter ``leaves``, the draws, the log-det's gradients w.r.t. x and the trainable leaves
+    (zeros where unused), and the probes — without their tensor where they can be replayed."""
+    ctx.block, ctx.leaves = block, leaves
+    ctx.gx, ctx.x_rep, ctx.x_leaf = graph
+    ctx.probes = probes if probes.replay is None else Probes(None, probes.replay)  # type: ignore[arg-type]
+    wrt = [ctx.x_leaf] + [p for p in leaves if p.requires_grad]
+    ctx.save_for_backward(n, *[torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)])
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    """The generator that ``torch.randn(..., generator=None)`` draws from on ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
 
 
 def _grad_or_none(output: Tensor, inputs: Sequence[Tensor], **kwargs: Any) -> list[Tensor | None]:
@@ -435,34 +471,37 @@ class ResidualBlock(Flow):
     def _exact_terms(self) -> int:
         return self.n_exact_terms if self.training else max(self.n_exact_terms, self.eval_exact_terms)
 
-    def _coefficients(self, n: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-term, per-row weights: value terms k = 0…K (row 0 unused) s_k·c_k·[k ≤ T] and gradient
-        terms j = 0…K (−1)^j c_j·[j ≤ T] (roulette) or [j < T] (series), with T = m + N or m."""
+    def _coefficients(self, n: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-term weights for each distinct T among the rows: value terms k = 0…K (row 0 unused)
+        s_k·c_k·[k ≤ T] and gradient terms j = 0…K (−1)^j c_j·[j ≤ T] (roulette) or [j < T] (series),
+        with T = m + N or m; returned as ``(value, grad, columns)``, ``value[k, columns]`` being the
+        rows' weights of term k (a table per distinct T, not per row: per-batch draws share one)."""
         m = self._exact_terms()
         roulette = self.estimator == "roulette"
         counts = m + n if roulette else torch.full_like(n, m)
-        K = int(counts.max()) if counts.numel() else 0
+        distinct, columns = torch.unique(counts, return_inverse=True)
+        K = int(distinct.max()) if distinct.numel() else 0
         c = [self.roulette.coefficient(k, m) if roulette else 1.0 for k in range(K + 1)]
         ks = torch.arange(K + 1, device=n.device)
         signs = torch.tensor([0.0] + [(-1.0) ** (k + 1) / k for k in range(1, K + 1)], dtype=torch.float64, device=n.device)
         c_t = torch.tensor(c, dtype=torch.float64, device=n.device)
-        present = ks[:, None] <= counts[None, :]
-        grad_present = present if roulette else ks[:, None] < counts[None, :]
+        present = ks[:, None] <= distinct[None, :]
+        grad_present = present if roulette else ks[:, None] < distinct[None, :]
         value = (signs * c_t)[:, None] * present
         grad = ((-1.0) ** ks.double() * c_t)[:, None] * grad_present
-        return value.to(like.dtype), grad.to(like.dtype)
+        return value.to(like.dtype), grad.to(like.dtype), columns
 
     def _series(self, gx: Tensor, x_rep: Tensor, v: Tensor, n: Tensor, *, create_graph: bool) -> tuple[Tensor, Tensor]:
         """(value, surrogate) per row: the estimate and the per-row quantity whose gradient is the
         estimator's gradient (wᵀJ_g v with w fixed for the Neumann series; the estimate itself otherwise)."""
-        value_coef, grad_coef = self._coefficients(n, gx)
+        value_coef, grad_coef, columns = self._coefficients(n, gx)
         expand = (-1,) + (1,) * (v.dim() - 1)
-        u, value, w = v, gx.new_zeros(v.shape[0]), grad_coef[0].reshape(expand) * v
+        u, value, w = v, gx.new_zeros(v.shape[0]), grad_coef[0][columns].reshape(expand) * v
         for k in range(1, value_coef.shape[0]):
             u = torch.autograd.grad(gx, x_rep, u, retain_graph=True, create_graph=create_graph)[0]
-            value = value + value_coef[k] * (u * v).flatten(1).sum(1)
+            value = value + value_coef[k][columns] * (u * v).flatten(1).sum(1)
             if not create_graph:
-                w = w + grad_coef[k].reshape(expand) * u
+                w = w + grad_coef[k][columns].reshape(expand) * u
         if create_graph:
             return value, value
         jt_w = torch.autograd.grad(gx, x_rep, w.detach(), retain_graph=True, create_graph=True)[0]
@@ -475,7 +514,7 @@ class ResidualBlock(Flow):
         :func:`below_half_ulp`, with :meth:`jacobian_bound`): adding them would not change the sum
         (in exact arithmetic from the last computed term; where no deterministic bound on ‖J_g‖₂
         exists, every term runs). ``last_series_terms`` records how many ran."""
-        value_coef, _ = self._coefficients(n, gx)
+        value_coef, _, columns = self._coefficients(n, gx)
         total = value_coef.shape[0] - 1
         tails = tail_factors(value_coef, self.jacobian_bound(), v[0].numel()) if total > 1 else None
         v_norm = _norm64(v)
@@ -483,8 +522,8 @@ class ResidualBlock(Flow):
         for k in range(1, total + 1):
             last = k == total
             u = torch.autograd.grad(gx, x_rep, u, retain_graph=not last)[0]
-            value = value + value_coef[k] * (u * v).flatten(1).sum(1)
-            if not last and tails is not None and below_half_ulp(value, _norm64(u) * v_norm * tails[k]):
+            value = value + value_coef[k][columns] * (u * v).flatten(1).sum(1)
+            if not last and tails is not None and below_half_ulp(value, _norm64(u) * v_norm * tails[k][columns]):
                 break
         self.last_series_terms = k
         return value
@@ -516,10 +555,12 @@ class ResidualBlock(Flow):
             raise NumericalError(f"det(I + J_g) ≤ 0 in a {self.kind!r} block: g is not contractive")
         return (gx, logdet) if need_grad else (gx.detach(), logdet.detach())
 
-    def _estimate(self, x: Tensor, params: Sequence[Tensor], v: Tensor | None, n: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(z, log-det estimate) for given probes v (rows probe-major) and draws n; the exact
-        estimator (the log-det of the autograd Jacobian) reads neither."""
+    def _estimate(self, x: Tensor, params: Sequence[Tensor], probes: Tensor | Probes | None,
+                  n: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(z, log-det estimate) for given probes v (rows probe-major; a :class:`Probes` where they can
+        be replayed) and draws n; the exact estimator (the log-det of the autograd Jacobian) reads neither."""
         batch = x.shape[0]
+        v = probes.v if isinstance(probes, Probes) else probes
         need_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
         if self.estimator == "exact":
             gx, logdet = self._exact(x, params, need_grad)
@@ -530,7 +571,8 @@ class ResidualBlock(Flow):
                 value = self._series_value(gx, x_rep, v, n)
             return x + gx[:batch].detach(), self._per_sample(value, batch)
         if self.grad_in_forward:
-            gx, logdet = self.in_forward_function.apply(self, v, n, x, *params)
+            probes = probes if isinstance(probes, Probes) else Probes(v)
+            gx, logdet = self.in_forward_function.apply(self, probes, n, x, *params)
             return x + gx, logdet
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
         x_rep, gx = self._tiled_g(x_in, params, v.shape[0] // batch)
@@ -542,14 +584,30 @@ class ResidualBlock(Flow):
     def _draw(self, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """Probes (n_samples·batch rows) and per-row draws of N (per ``draw``) from ``self.generator``."""
         rows = self.n_samples * batch
-        shape = (rows, *self._shape)
-        if self.probe == "gaussian":
-            v = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=like.device)
-        else:
-            v = torch.randint(0, 2, shape, generator=self.generator, device=like.device).to(like.dtype) * 2.0 - 1.0
+        v = self._probes(rows, like.dtype, like.device, self.generator)
         if self.estimator != "roulette":
             return v, torch.zeros(rows, dtype=torch.long, device=like.device)
         return v, self._draw_n(batch, self.generator)
+
+    def _probes(self, rows: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None) -> Tensor:
+        shape = (rows, *self._shape)
+        if self.probe == "gaussian":
+            return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2.0 - 1.0
+
+    def _replayable_draw(self, batch: int, like: Tensor) -> tuple[Probes, Tensor]:
+        """:meth:`_draw`, with the probes' replay: the same tensor drawn again from a generator set to
+        the state they were drawn from (the forward need not keep them for backward)."""
+        source = self.generator if self.generator is not None else _default_generator(like.device)
+        state, rows, dtype, device = source.get_state(), self.n_samples * batch, like.dtype, like.device
+        v, n = self._draw(batch, like)
+
+        def replay() -> Tensor:
+            generator = torch.Generator(device=device)
+            generator.set_state(state)
+            return self._probes(rows, dtype, device, generator)
+
+        return Probes(v, replay), n
 
     def _draw_n(self, batch: int, generator: torch.Generator | None) -> Tensor:
         """The draws of N of one forward of ``batch`` samples (n_samples·batch rows, probe-major):
@@ -565,8 +623,8 @@ class ResidualBlock(Flow):
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.estimator == "exact":  # no noise to draw
             return self._estimate(x, self._params(), None, None)
-        v, n = self._draw(x.shape[0], x)  # first, so that :meth:`logdet_noise` can replay it
-        return self._estimate(x, self._params(), v, n)
+        probes, n = self._replayable_draw(x.shape[0], x)  # first, so that :meth:`logdet_noise` can replay it
+        return self._estimate(x, self._params(), probes, n)
 
     # ------------------------------------------------------------------ inverse
     def _inverse_tolerance(self, dtype: torch.dtype) -> float:

@@ -266,6 +266,40 @@ def test_logdet_noise_is_what_the_forward_draws() -> None:
     torch.testing.assert_close(logdet.detach(), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("probe", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("own_generator", [False, True])
+def test_backward_in_forward_replays_its_probes_for_per_sample_weights(probe: str, own_generator: bool) -> None:
+    """Backward-in-forward keeps no probes for backward (it redraws them from their generator state);
+    with per-sample upstream weights on the log-det, where the backward needs them, its gradients equal
+    those of the same estimate with the probes given (which are kept), from the global generator and
+    from the block's own."""
+    spec = _spec("residual_mlp", "replay", logdet="roulette", n_samples=2, probe=probe, neumann_grad=True,
+                 grad_in_forward=True)
+    flow = from_spec(spec).train()
+    x = torch.as_tensor(_x(spec, "replay", 3))
+    zw = torch.as_tensor(rng("residual-test", "replay", "zw").standard_normal(x.shape))
+    lw = torch.tensor([0.5, -1.0, 2.0], dtype=x.dtype)
+
+    def reseed() -> None:
+        flow.generator = torch.Generator().manual_seed(seed_for("residual-test", "replay")) if own_generator else None
+        torch.manual_seed(seed_for("residual-test", "replay"))
+
+    reseed()
+    v, n = flow.logdet_noise(3)
+    reseed()
+    x_leaf = x.clone().requires_grad_(True)
+    probes, draws = flow._replayable_draw(3, x)
+    assert torch.equal(probes.v, v) and torch.equal(draws, n) and torch.equal(probes.replay(), v)
+    reseed()
+    z, logdet = flow(x_leaf)
+    params = flow.spec_parameters()
+    grads = torch.autograd.grad((z * zw).sum() + (logdet * lw).sum(), list(params.values()) + [x_leaf])
+    expected, expected_x = flow.logdet_estimate_vjp(x, v, n, zw, lw)
+    for (name, _), got in zip(params.items(), grads):
+        torch.testing.assert_close(got, expected[name], rtol=0, atol=1e-14, msg=name)
+    torch.testing.assert_close(grads[-1], expected_x, rtol=0, atol=1e-14)
+
+
 def test_a_generator_makes_the_estimate_reproducible_and_draws_are_per_sample() -> None:
     flow = from_spec(_spec("residual_mlp", "generator", logdet="roulette", dist_param=0.3))
     x = torch.as_tensor(np.repeat(_x(flow.to_spec(), "generator"), 64, 0))

@@ -8,7 +8,7 @@ from flowspec.accelerated.lipschitz import LipSwish, LipschitzNormalizer
 from flowspec.errors import ConvergenceError
 from flowspec.accelerated.power_iteration import PowerIterationReport
 from flowspec.accelerated.residual import (RouletteDistribution, ResidualConv, ResidualMLP, _ImplicitInverse,
-                                           _LogDetInForward)
+                                           _LogDetInForward, save_in_forward)
 
 from . import BrokenCase
 from .lipschitz import with_normalizer
@@ -57,8 +57,8 @@ class MissingAlternatingSign(ResidualMLP):
     """Σ c_k vᵀJ^k v / k: the (−1)^{k+1} of eq. 6 dropped."""
 
     def _coefficients(self, n, like):
-        value, grad = super()._coefficients(n, like)
-        return value.abs(), grad
+        value, grad, columns = super()._coefficients(n, like)
+        return value.abs(), grad, columns
 
 
 class _SharedScalar(_LogDetInForward):
@@ -77,8 +77,8 @@ class SharedScalarBackward(ResidualMLP):
 
 class _SurrogateInForward(_LogDetInForward):
     @staticmethod
-    def forward(ctx, block, v, n, x, *params):
-        batch = x.shape[0]
+    def forward(ctx, block, probes, n, x, *params):
+        batch, v = x.shape[0], probes.v
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(True)
             leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
@@ -87,8 +87,7 @@ class _SurrogateInForward(_LogDetInForward):
             trainable = [p for p in leaves if p.requires_grad]
             grads = torch.autograd.grad(block._per_sample(surrogate, batch).sum(), [x_leaf] + trainable,
                                         retain_graph=True, allow_unused=True)
-        ctx.block, ctx.gx, ctx.x_rep, ctx.x_leaf, ctx.leaves = block, gx, x_rep, x_leaf, leaves
-        ctx.save_for_backward(v, n, *[torch.zeros_like(t) if g is None else g for g, t in zip(grads, [x_leaf] + trainable)])
+        save_in_forward(ctx, block, probes, n, (gx, x_rep, x_leaf), leaves, grads)
         return gx[:batch].detach(), block._per_sample(surrogate, batch).detach()  # the surrogate, not the value
 
 
@@ -141,10 +140,10 @@ class SeriesOneTermShort(ResidualMLP):
     """The i-ResNet series sums k = 1 … m − 1 (the gradient's j < m mask reused for the value terms)."""
 
     def _coefficients(self, n, like):
-        value, grad = super()._coefficients(n, like)
+        value, grad, columns = super()._coefficients(n, like)
         if self.estimator == "series":
             value[self._exact_terms():] = 0.0
-        return value, grad
+        return value, grad, columns
 
 
 # ----------------------------------------------------------------------------- norms and activations
