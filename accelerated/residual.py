@@ -51,10 +51,10 @@ evaluation (its VJPs and one double backward) for that block, one block at a tim
 on u costs one device synchronisation per block.
 
 Memory: with ``neumann_grad`` and ``grad_in_forward`` a training step keeps g's graph (as any layer
-does), the draws and the gradients, none of which grows with the number of terms. The probes drawn
-by the forward are not kept: the state of the generator they came from is (a few kilobytes on the
-CPU), and the per-sample-weighted backward above draws them again, bit-identical
-(:class:`Probes`); probes given by the caller (the conformance hooks) are kept. The series' term
+does) and the gradients, none of which grows with the number of terms. The probes and draws of N
+that the forward draws are not kept, only what draws them again (a seed on the CPU, the generator's
+state on CUDA): the per-sample-weighted backward above draws them again, bit-identical
+(:class:`Noise`); noise given by the caller (the conformance hooks) is kept. The series' term
 weights are tables per distinct drawn N (one column under ``draw="batch"``), not per row.
 
 Inverse (Algorithm 1 of the QuAR paper; Behrmann et al. 2019)
@@ -71,7 +71,8 @@ through this inverse by implicit differentiation: the adjoint λ = (I + J_g)⁻�
 same fixed-point iteration (a Neumann series), then ȳ = λ and θ̄ = −(∂g/∂θ)ᵀλ.
 
 Randomness: probes and draws come from ``block.generator`` (a ``torch.Generator``, or None for the
-global generator), drawn first thing in the forward, independently for every sample and probe; the
+global generator; on the CPU the probes from a generator seeded by one draw from it), drawn first
+thing in the forward, independently for every sample and probe; the
 hook ``logdet_noise`` draws what the next forward will. The other conformance hooks take the probe
 and the draw explicitly.
 """
@@ -148,13 +149,18 @@ class RouletteDistribution:
 # ----------------------------------------------------------------------------- backward-in-forward
 
 @dataclass
-class Probes:
-    """The probe vectors of one forward, and how to draw them again: ``replay`` (None for probes given
-    by the caller) redraws the same tensor from the generator state they were drawn from, so that
-    backward-in-forward need not keep them (:class:`_LogDetInForward`)."""
+class Noise:
+    """The probes ``v`` and draws ``n`` of one forward, and how to draw them again: ``replay`` (None for
+    noise given by the caller) redraws both, bit-identical, so that backward-in-forward need not keep
+    them (:class:`_LogDetInForward`)."""
 
     v: Tensor
-    replay: Callable[[], Tensor] | None = None
+    n: Tensor
+    replay: Callable[[], tuple[Tensor, Tensor]] | None = None
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """(v, n): the kept ones, else drawn again."""
+        return (self.v, self.n) if self.replay is None else self.replay()
 
 
 class _LogDetInForward(torch.autograd.Function):
@@ -166,8 +172,8 @@ class _LogDetInForward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, block: "ResidualBlock", probes: Probes, n: Tensor, x: Tensor, *params: Tensor):
-        batch, v = x.shape[0], probes.v
+    def forward(ctx, block: "ResidualBlock", noise: Noise, x: Tensor, *params: Tensor):
+        batch, v, n = x.shape[0], noise.v, noise.n
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(True)
             leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
@@ -175,13 +181,13 @@ class _LogDetInForward(torch.autograd.Function):
             value, surrogate = block._series(gx, x_rep, v, n, create_graph=not block.neumann_grad)
             trainable = [p for p in leaves if p.requires_grad]
             grads = _grad_or_none(block._per_sample(surrogate, batch).sum(), [x_leaf] + trainable, retain_graph=True)
-        save_in_forward(ctx, block, probes, n, (gx, x_rep, x_leaf), leaves, grads)
+        save_in_forward(ctx, block, noise, (gx, x_rep, x_leaf), leaves, grads)
         return gx[:batch].detach(), block._per_sample(value, batch).detach()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_g: Tensor, grad_logdet: Tensor):
-        n, grad_x, *grad_params = ctx.saved_tensors
+        grad_x, *grad_params = ctx.saved_tensors
         batch = grad_logdet.shape[0]
         trainable = [p for p in ctx.leaves if p.requires_grad]
         with torch.enable_grad():
@@ -190,7 +196,7 @@ class _LogDetInForward(torch.autograd.Function):
             if bool((grad_logdet == grad_logdet[0]).all()):
                 weighted = [grad_logdet[0] * g for g in grad_params]
             else:
-                v = ctx.probes.v if ctx.probes.replay is None else ctx.probes.replay()
+                v, n = ctx.noise.tensors()
                 _, surrogate = ctx.block._series(ctx.gx, ctx.x_rep, v, n, create_graph=not ctx.block.neumann_grad)
                 loss = (ctx.block._per_sample(surrogate, batch) * grad_logdet).sum()
                 weighted = _grad_or_none(loss, trainable)
@@ -198,19 +204,19 @@ class _LogDetInForward(torch.autograd.Function):
         total_x = scale * grad_x + (0.0 if path[0] is None else path[0])
         totals = iter([_add(a, b) for a, b in zip(path[1:], weighted)])
         param_grads = [next(totals) if p.requires_grad else None for p in ctx.leaves]
-        return (None, None, None, total_x, *param_grads)
+        return (None, None, total_x, *param_grads)
 
 
-def save_in_forward(ctx: Any, block: "ResidualBlock", probes: Probes, n: Tensor, graph: tuple[Tensor, Tensor, Tensor],
+def save_in_forward(ctx: Any, block: "ResidualBlock", noise: Noise, graph: tuple[Tensor, Tensor, Tensor],
                     leaves: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
     """What :meth:`_LogDetInForward.backward` reads: the block, g's graph ``(gx, x_rep, x_leaf)`` and
-    its parameter ``leaves``, the draws, the log-det's gradients w.r.t. x and the trainable leaves
-    (zeros where unused), and the probes — without their tensor where they can be replayed."""
+    its parameter ``leaves``, the log-det's gradients w.r.t. x and the trainable leaves (zeros where
+    unused), and the noise — only its replay where it has one."""
     ctx.block, ctx.leaves = block, leaves
     ctx.gx, ctx.x_rep, ctx.x_leaf = graph
-    ctx.probes = probes if probes.replay is None else Probes(None, probes.replay)  # type: ignore[arg-type]
+    ctx.noise = noise if noise.replay is None else Noise(None, None, noise.replay)  # type: ignore[arg-type]
     wrt = [ctx.x_leaf] + [p for p in leaves if p.requires_grad]
-    ctx.save_for_backward(n, *[torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)])
+    ctx.save_for_backward(*[torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)])
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
@@ -471,7 +477,7 @@ class ResidualBlock(Flow):
     def _exact_terms(self) -> int:
         return self.n_exact_terms if self.training else max(self.n_exact_terms, self.eval_exact_terms)
 
-    def _coefficients(self, n: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _coefficients(self, n: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor | slice]:
         """Per-term weights for each distinct T among the rows: value terms k = 0…K (row 0 unused)
         s_k·c_k·[k ≤ T] and gradient terms j = 0…K (−1)^j c_j·[j ≤ T] (roulette) or [j < T] (series),
         with T = m + N or m; returned as ``(value, grad, columns)``, ``value[k, columns]`` being the
@@ -479,7 +485,8 @@ class ResidualBlock(Flow):
         m = self._exact_terms()
         roulette = self.estimator == "roulette"
         counts = m + n if roulette else torch.full_like(n, m)
-        distinct, columns = torch.unique(counts, return_inverse=True)
+        distinct, inverse = torch.unique(counts, return_inverse=True)
+        columns = inverse if distinct.numel() > 1 else slice(None)  # one column broadcasts over the rows
         K = int(distinct.max()) if distinct.numel() else 0
         c = [self.roulette.coefficient(k, m) if roulette else 1.0 for k in range(K + 1)]
         ks = torch.arange(K + 1, device=n.device)
@@ -555,12 +562,11 @@ class ResidualBlock(Flow):
             raise NumericalError(f"det(I + J_g) ≤ 0 in a {self.kind!r} block: g is not contractive")
         return (gx, logdet) if need_grad else (gx.detach(), logdet.detach())
 
-    def _estimate(self, x: Tensor, params: Sequence[Tensor], probes: Tensor | Probes | None,
-                  n: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(z, log-det estimate) for given probes v (rows probe-major; a :class:`Probes` where they can
-        be replayed) and draws n; the exact estimator (the log-det of the autograd Jacobian) reads neither."""
+    def _estimate(self, x: Tensor, params: Sequence[Tensor], noise: Noise | None) -> tuple[Tensor, Tensor]:
+        """(z, log-det estimate) for given probes v (rows probe-major) and draws n (a :class:`Noise`);
+        the exact estimator (the log-det of the autograd Jacobian) reads neither."""
         batch = x.shape[0]
-        v = probes.v if isinstance(probes, Probes) else probes
+        v, n = (None, None) if noise is None else (noise.v, noise.n)
         need_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
         if self.estimator == "exact":
             gx, logdet = self._exact(x, params, need_grad)
@@ -571,8 +577,7 @@ class ResidualBlock(Flow):
                 value = self._series_value(gx, x_rep, v, n)
             return x + gx[:batch].detach(), self._per_sample(value, batch)
         if self.grad_in_forward:
-            probes = probes if isinstance(probes, Probes) else Probes(v)
-            gx, logdet = self.in_forward_function.apply(self, probes, n, x, *params)
+            gx, logdet = self.in_forward_function.apply(self, noise, x, *params)
             return x + gx, logdet
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
         x_rep, gx = self._tiled_g(x_in, params, v.shape[0] // batch)
@@ -581,13 +586,38 @@ class ResidualBlock(Flow):
         logdet = value if not self.neumann_grad else value + (surrogate - surrogate.detach())
         return x + gx[:batch], logdet
 
-    def _draw(self, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """Probes (n_samples·batch rows) and per-row draws of N (per ``draw``) from ``self.generator``."""
-        rows = self.n_samples * batch
-        v = self._probes(rows, like.dtype, like.device, self.generator)
-        if self.estimator != "roulette":
-            return v, torch.zeros(rows, dtype=torch.long, device=like.device)
-        return v, self._draw_n(batch, self.generator)
+    def _draw(self, batch: int, like: Tensor) -> Noise:
+        """Probes (n_samples·batch rows) and per-row draws of N (per ``draw``), in that order, with
+        their replay (:meth:`_noise_source`)."""
+        rows, dtype, device = self.n_samples * batch, like.dtype, like.device
+        first, again = self._noise_source(device)
+
+        def draw(generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+            v = self._probes(rows, dtype, device, generator)
+            if self.estimator != "roulette":
+                return v, torch.zeros(rows, dtype=torch.long, device=device)
+            return v, self._draw_n(batch, generator)
+
+        return Noise(*draw(first), replay=lambda: draw(again()))
+
+    def _noise_source(self, device: torch.device) -> tuple[torch.Generator | None, Callable[[], torch.Generator]]:
+        """The generator a forward's noise is drawn from, and how to make one that draws it again. On
+        the CPU a seed drawn from ``self.generator`` seeds a generator of the forward's own (8 bytes to
+        keep, not the 5 KB state of the CPU generator); on CUDA ``self.generator`` (or the device's
+        default) draws it, and a copy of its state (16 bytes) draws it again."""
+        if device.type == "cpu":
+            seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+            own = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+            return own(), own
+        source = self.generator if self.generator is not None else _default_generator(device)
+        state = source.get_state()
+
+        def again() -> torch.Generator:
+            generator = torch.Generator(device=device)
+            generator.set_state(state)
+            return generator
+
+        return source, again
 
     def _probes(self, rows: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None) -> Tensor:
         shape = (rows, *self._shape)
@@ -595,25 +625,11 @@ class ResidualBlock(Flow):
             return torch.randn(shape, generator=generator, dtype=dtype, device=device)
         return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2.0 - 1.0
 
-    def _replayable_draw(self, batch: int, like: Tensor) -> tuple[Probes, Tensor]:
-        """:meth:`_draw`, with the probes' replay: the same tensor drawn again from a generator set to
-        the state they were drawn from (the forward need not keep them for backward)."""
-        source = self.generator if self.generator is not None else _default_generator(like.device)
-        state, rows, dtype, device = source.get_state(), self.n_samples * batch, like.dtype, like.device
-        v, n = self._draw(batch, like)
-
-        def replay() -> Tensor:
-            generator = torch.Generator(device=device)
-            generator.set_state(state)
-            return self._probes(rows, dtype, device, generator)
-
-        return Probes(v, replay), n
-
     def _draw_n(self, batch: int, generator: torch.Generator | None) -> Tensor:
         """The draws of N of one forward of ``batch`` samples (n_samples·batch rows, probe-major):
         independent per row (``draw="sample"``) or one per probe index repeated over the batch."""
-        if self.draw == "batch":
-            return self.sample_n(self.n_samples, generator).repeat_interleave(batch)
+        if self.draw == "batch":  # a view, not a copy, for one probe per sample
+            return self.sample_n(self.n_samples, generator)[:, None].expand(-1, batch).flatten()
         return self.sample_n(self.n_samples * batch, generator)
 
     def sample_n(self, count: int, generator: torch.Generator | None = None) -> Tensor:
@@ -622,9 +638,8 @@ class ResidualBlock(Flow):
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.estimator == "exact":  # no noise to draw
-            return self._estimate(x, self._params(), None, None)
-        probes, n = self._replayable_draw(x.shape[0], x)  # first, so that :meth:`logdet_noise` can replay it
-        return self._estimate(x, self._params(), probes, n)
+            return self._estimate(x, self._params(), None)
+        return self._estimate(x, self._params(), self._draw(x.shape[0], x))  # first: :meth:`logdet_noise` replays it
 
     # ------------------------------------------------------------------ inverse
     def _inverse_tolerance(self, dtype: torch.dtype) -> float:
@@ -669,7 +684,7 @@ class ResidualBlock(Flow):
         for the s-th probe of sample i (the forward's layout), the estimate being the mean over a
         sample's probes."""
         with torch.no_grad():
-            return self._estimate(x, self._params(), v, _as_draws(n))[1]
+            return self._estimate(x, self._params(), Noise(v, _as_draws(n)))[1]
 
     def logdet_estimate_vjp(self, x: Tensor, v: Tensor, n: Tensor, z_weight: Tensor,
                             logdet_weight: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -677,7 +692,7 @@ class ResidualBlock(Flow):
         :meth:`logdet_estimate`) w.r.t. the canonical params and x, through the block's own path
         (backward-in-forward if configured)."""
         x = x.detach().requires_grad_(True)
-        z, logdet = self._estimate(x, self._params(), v, _as_draws(n))
+        z, logdet = self._estimate(x, self._params(), Noise(v, _as_draws(n)))
         loss = (z * z_weight).sum() + (logdet * logdet_weight).sum()
         params = self.spec_parameters()
         grads = torch.autograd.grad(loss, list(params.values()) + [x], allow_unused=True)
@@ -689,7 +704,8 @@ class ResidualBlock(Flow):
         (zeros for the series, which has none) that the next forward of ``batch`` samples will use:
         the forward draws them first, from ``self.generator``, so after the same seeding it draws
         exactly these."""
-        return self._draw(int(batch), self._anchor)
+        noise = self._draw(int(batch), self._anchor)
+        return noise.v, noise.n
 
     def roulette_draws(self, count: int, seed: int) -> Tensor:
         """``count`` draws of N as forwards make them, from a generator seeded with ``seed``: per sample,

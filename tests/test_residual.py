@@ -13,7 +13,7 @@ from flowspec.accelerated import from_spec, memory
 from flowspec.accelerated.distribution import FlowDistribution
 from flowspec.accelerated.lipschitz import LipschitzNormalizer
 from flowspec.accelerated.residual import (
-    ResidualConv, ResidualMLP, below_half_ulp, configure_logdet, make_model, residual_blocks, tail_factors,
+    Noise, ResidualConv, ResidualMLP, below_half_ulp, configure_logdet, make_model, residual_blocks, tail_factors,
 )
 from flowspec.conformance import residual as suite, stats
 from flowspec.conformance.property import CheckContext, Inconclusive
@@ -269,10 +269,10 @@ def test_logdet_noise_is_what_the_forward_draws() -> None:
 @pytest.mark.parametrize("probe", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("own_generator", [False, True])
 def test_backward_in_forward_replays_its_probes_for_per_sample_weights(probe: str, own_generator: bool) -> None:
-    """Backward-in-forward keeps no probes for backward (it redraws them from their generator state);
-    with per-sample upstream weights on the log-det, where the backward needs them, its gradients equal
-    those of the same estimate with the probes given (which are kept), from the global generator and
-    from the block's own."""
+    """Backward-in-forward keeps neither probes nor draws for backward (it draws them again); with
+    per-sample upstream weights on the log-det, where the backward needs them, its gradients equal
+    those of the same estimate with them given (which are kept), from the global generator and from
+    the block's own."""
     spec = _spec("residual_mlp", "replay", logdet="roulette", n_samples=2, probe=probe, neumann_grad=True,
                  grad_in_forward=True)
     flow = from_spec(spec).train()
@@ -288,8 +288,9 @@ def test_backward_in_forward_replays_its_probes_for_per_sample_weights(probe: st
     v, n = flow.logdet_noise(3)
     reseed()
     x_leaf = x.clone().requires_grad_(True)
-    probes, draws = flow._replayable_draw(3, x)
-    assert torch.equal(probes.v, v) and torch.equal(draws, n) and torch.equal(probes.replay(), v)
+    noise = flow._draw(3, x)
+    again = noise.replay()
+    assert torch.equal(noise.v, v) and torch.equal(noise.n, n) and torch.equal(again[0], v) and torch.equal(again[1], n)
     reseed()
     z, logdet = flow(x_leaf)
     params = flow.spec_parameters()
@@ -556,7 +557,7 @@ def test_a_series_with_no_terms_is_zero_and_reports_none(monkeypatch: pytest.Mon
     spec = _spec("residual_mlp", "no-terms", logdet="roulette", n_exact_terms=0)
     flow = from_spec(spec).train()
     draw = flow._draw
-    monkeypatch.setattr(flow, "_draw", lambda batch, x: (draw(batch, x)[0], torch.zeros_like(draw(batch, x)[1])))
+    monkeypatch.setattr(flow, "_draw", lambda batch, x: Noise(draw(batch, x).v, torch.zeros(batch, dtype=torch.long)))
     with torch.no_grad():
         _, logdet = flow(torch.as_tensor(_x(spec, "no-terms", 4)))
     assert torch.equal(logdet, torch.zeros_like(logdet)) and flow.last_series_terms == 0

@@ -77,8 +77,8 @@ class SharedScalarBackward(ResidualMLP):
 
 class _SurrogateInForward(_LogDetInForward):
     @staticmethod
-    def forward(ctx, block, probes, n, x, *params):
-        batch, v = x.shape[0], probes.v
+    def forward(ctx, block, noise, x, *params):
+        batch, v, n = x.shape[0], noise.v, noise.n
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(True)
             leaves = [p.detach().requires_grad_(p.requires_grad) for p in params]
@@ -87,7 +87,7 @@ class _SurrogateInForward(_LogDetInForward):
             trainable = [p for p in leaves if p.requires_grad]
             grads = torch.autograd.grad(block._per_sample(surrogate, batch).sum(), [x_leaf] + trainable,
                                         retain_graph=True, allow_unused=True)
-        save_in_forward(ctx, block, probes, n, (gx, x_rep, x_leaf), leaves, grads)
+        save_in_forward(ctx, block, noise, (gx, x_rep, x_leaf), leaves, grads)
         return gx[:batch].detach(), block._per_sample(surrogate, batch).detach()  # the surrogate, not the value
 
 
