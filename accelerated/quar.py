@@ -100,6 +100,15 @@ Inverses (``inverse`` in the config; default ``"fixed_point"`` under option (a),
   is no such bound (``cond`` ≈ 370 in that example at ``D = 30``, ≈ 2·10⁴ at ``D = 60``), so a small
   backward error ``‖f(x̂) − y‖ ≤ rtol·max(‖y‖, 1)`` is what it guarantees.
 
+Memory (``recompute``, a block setting, off by default): a forward with gradients keeps the block's
+input only, and backward runs the block's masked network and diagonal propagation again
+(``torch.utils.checkpoint``, non-reentrant) before differentiating it: one more forward of the block
+per training step for a step's peak memory of about one block's graph rather than all of them. The
+values and gradients are those of the plain forward (the same operations on the same weights and
+estimates: nothing between the forward and its backward re-estimates the norms). Without it, the
+MLP's masked layers keep their weight and mask for backward, not the masked product
+(:class:`_MaskedLinear`).
+
 Gradients through the inverse (``rsample``) come by implicit differentiation: for x = f⁻¹(y) and a
 loss with gradient g at x, λ = (I + J_F(x))⁻ᵀ g is the gradient at y and −∂(λᵀF(x))/∂θ the
 parameters' (:class:`_ImplicitInverse`). The adjoint system is triangular in the autoregressive
@@ -119,6 +128,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 
 from flowspec.errors import ConfigError, ConvergenceError
 from flowspec.spec import FlowSpec
@@ -190,6 +200,26 @@ def _check_int_list(name: str, values: Sequence[int]) -> tuple[int, ...]:
 
 # ----------------------------------------------------------------------------- implicit differentiation
 
+class _MaskedLinear(torch.autograd.Function):
+    """``F.linear(x, masked, bias)`` for ``masked = weight ⊙ mask`` that keeps ``weight`` and ``mask``
+    for backward instead of ``masked`` (formed again there): a masked layer's product costs no memory
+    between its forward and its backward (``F.linear`` would keep it). Its backward is differentiable."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, masked: Tensor, weight: Tensor, mask: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight, mask)
+        return F.linear(x, masked, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, mask = ctx.saved_tensors
+        rows, inputs = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        grad_x = grad @ (weight * mask) if ctx.needs_input_grad[0] else None
+        grad_masked = rows.T @ inputs if ctx.needs_input_grad[1] else None
+        grad_bias = rows.sum(0) if ctx.needs_input_grad[4] else None
+        return grad_x, grad_masked, None, None, grad_bias
+
+
 class _ImplicitInverse(torch.autograd.Function):
     """x = f⁻¹(y) by the block's inverse; gradients by implicit differentiation (module docstring)."""
 
@@ -230,7 +260,7 @@ class _QuARBlock(Flow):
         self, groups: int, factors: tuple[int, ...], *, activation: str, sigma: float, norm: str,
         inverse: str | None, pi_rtol: float | None, pi_max_iter: int, krylov_steps: int,
         inverse_rtol: float | None, inverse_max_iter: int, validate_args: bool | None,
-        exact_max_dim: int = EXACT_MAX_DIM,
+        exact_max_dim: int = EXACT_MAX_DIM, recompute: bool = False,
     ):
         super().__init__(validate_args=validate_args)
         if activation not in ACTIVATIONS:
@@ -239,6 +269,8 @@ class _QuARBlock(Flow):
             raise ConfigError(f"sigma must lie in (0, 1) for a contractive residual branch, got {sigma!r}")
         if norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not isinstance(recompute, bool):
+            raise ConfigError(f"recompute must be True or False, got {recompute!r}")
         inverse = DEFAULT_INVERSE[norm] if inverse is None else inverse
         if inverse not in INVERSES:
             raise ConfigError(f"inverse must be one of {INVERSES} or None, got {inverse!r}")
@@ -247,6 +279,7 @@ class _QuARBlock(Flow):
                               f"krylov_steps={krylov_steps}, inverse_max_iter={inverse_max_iter}")
         self.groups, self.factors = groups, factors
         self.activation, self.sigma, self.norm, self.inverse_method = activation, float(sigma), norm, inverse
+        self.recompute = recompute
         self.pi_rtol, self.pi_max_iter, self.krylov_steps = pi_rtol, pi_max_iter, krylov_steps
         self.exact_max_dim = int(exact_max_dim)
         self.inverse_rtol, self.inverse_max_iter = inverse_rtol, inverse_max_iter
@@ -475,7 +508,10 @@ class _QuARBlock(Flow):
 
     def _forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         self._ensure_fresh()
-        out, diag = self._residual(x, not self._plain)
+        if self.recompute and torch.is_grad_enabled():  # keep x only; backward runs the block again
+            out, diag = checkpoint(self._residual, x, not self._plain, use_reentrant=False)
+        else:
+            out, diag = self._residual(x, not self._plain)
         return x + out, (x.new_zeros(x.shape[0]) if diag is None else batch_sum(torch.log1p(diag)))
 
     def _inverse(self, z: Tensor, context: Tensor | None) -> Tensor:
@@ -728,7 +764,7 @@ class QuARMLP(_QuARBlock):
         self, dim: int, hidden_factors: Sequence[int], activation: str = "elu", sigma: float = 0.97,
         norm: str = "full", inverse: str | None = None, *, pi_rtol: float | None = None, pi_max_iter: int = 1000,
         krylov_steps: int = KRYLOV_STEPS, inverse_rtol: float | None = None, inverse_max_iter: int = 2000,
-        validate_args: bool | None = None,
+        validate_args: bool | None = None, recompute: bool = False,
     ):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ConfigError(f"dim must be a positive int, got {dim!r}")
@@ -736,8 +772,7 @@ class QuARMLP(_QuARBlock):
         super().__init__(
             dim, factors, activation=activation, sigma=sigma, norm=norm, inverse=inverse, pi_rtol=pi_rtol,
             pi_max_iter=pi_max_iter, krylov_steps=krylov_steps, inverse_rtol=inverse_rtol,
-            inverse_max_iter=inverse_max_iter,
-            validate_args=validate_args,
+            inverse_max_iter=inverse_max_iter, validate_args=validate_args, recompute=recompute,
         )
         for i in range(self.n_layers):
             n_out, n_in = factors[i + 1] * dim, factors[i] * dim
@@ -770,7 +805,7 @@ class QuARMLP(_QuARBlock):
         batch, last = x.shape[0], self.n_layers - 1
         h, delta = x, None
         for i, w in enumerate(weights):
-            a = F.linear(h, w, getattr(self, f"bias_{i}"))
+            a = _MaskedLinear.apply(h, w, getattr(self, f"weight_{i}"), getattr(self, f"_mask_{i}"), getattr(self, f"bias_{i}"))
             if with_diagonal:
                 delta = (self.block_diagonal(i, w)[:, 0].expand(batch, -1, -1) if delta is None
                          else self._propagate(i, w, delta))
@@ -793,7 +828,7 @@ class QuARConv(_QuARBlock):
         activation: str = "elu", sigma: float = 0.97, norm: str = "full", inverse: str | None = None, *,
         pi_rtol: float | None = None, pi_max_iter: int = 1000, krylov_steps: int = KRYLOV_STEPS,
         inverse_rtol: float | None = None,
-        inverse_max_iter: int = 2000, validate_args: bool | None = None,
+        inverse_max_iter: int = 2000, validate_args: bool | None = None, recompute: bool = False,
     ):
         shape = _check_int_list("shape", shape)
         if len(shape) != 3:
@@ -807,8 +842,7 @@ class QuARConv(_QuARBlock):
         super().__init__(
             shape[0], factors, activation=activation, sigma=sigma, norm=norm, inverse=inverse, pi_rtol=pi_rtol,
             pi_max_iter=pi_max_iter, krylov_steps=krylov_steps, inverse_rtol=inverse_rtol,
-            inverse_max_iter=inverse_max_iter,
-            validate_args=validate_args,
+            inverse_max_iter=inverse_max_iter, validate_args=validate_args, recompute=recompute,
         )
         self._shape, self.kernels = shape, kernels
         c, height, width = shape
@@ -863,7 +897,8 @@ class QuARConv(_QuARBlock):
 # ----------------------------------------------------------------------------- models
 
 _MODEL_KEYS = {"n_scales", "logit", "alpha", "actnorm", "n_hidden", "kernels"}
-_BLOCK_KEYS = {"activation", "inverse", "pi_rtol", "pi_max_iter", "krylov_steps", "inverse_rtol", "inverse_max_iter"}
+_BLOCK_KEYS = {"activation", "inverse", "pi_rtol", "pi_max_iter", "krylov_steps", "inverse_rtol", "inverse_max_iter",
+               "recompute"}
 
 
 def make_model(
@@ -883,7 +918,7 @@ def make_model(
     guarantees). Model options: ``n_scales`` (conv, default 2), ``logit`` (default: conv only),
     ``alpha`` (0.05), ``actnorm`` (True), ``n_hidden`` (2), ``kernels`` (conv, (3, 1, 3)); any other
     keyword is a block setting (``activation``, ``inverse``, ``pi_rtol``, ``pi_max_iter``,
-    ``krylov_steps``, ``inverse_rtol``, ``inverse_max_iter``). ActNorm initialises from the first
+    ``krylov_steps``, ``inverse_rtol``, ``inverse_max_iter``, ``recompute``). ActNorm initialises from the first
     batch in training mode.
     """
     unknown = sorted(set(kw) - _MODEL_KEYS - _BLOCK_KEYS)

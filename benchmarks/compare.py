@@ -15,7 +15,9 @@ What is run:
   Residual: 2 exact series terms plus the Russian-roulette tail (geometric p(N), q = 0.5), Neumann
   gradient series with backward-in-forward (Residual Flows, eq. 6, 8, 9); the roulette draw mode
   (N per sample or per batch) is the library's default and is printed. QuAR: exact log-det by
-  diagonal propagation (QuAR Sec. 4.1), norm option (a) by default. Residual layers run their
+  diagonal propagation (QuAR Sec. 4.1), norm option (a) by default; on the conv case (by default;
+  ``--quar-recompute``) its blocks keep their input only and run again in backward (the block
+  setting ``recompute``), for the training-memory target. Residual layers run their
   power iteration in every training-mode forward, QuAR blocks at the first forward after a weight
   change; either way once per step, on the weights the last step moved. A training step changes
   the model, so every timed call is one more real training step.
@@ -128,6 +130,7 @@ class Settings:
     hidden_factor: int = 4
     coeff: float = 0.97
     quar_norm: str = "full"
+    quar_recompute: tuple[str, ...] = ("conv",)
     train_terms: int = 2
     eval_terms: int = 20
     warmup_steps: int = 20
@@ -283,7 +286,8 @@ def build_model(family: str, case: Case, settings: Settings, families: Families)
     if family == "residual":
         flow = families.make_residual(case.arch, shape, coeff=settings.coeff, **common)
     elif family == "quar":
-        flow = families.make_quar(case.arch, shape, sigma=settings.coeff, norm=settings.quar_norm, **common)
+        flow = families.make_quar(case.arch, shape, sigma=settings.coeff, norm=settings.quar_norm,
+                                  recompute=case.arch in settings.quar_recompute, **common)
     else:
         raise ConfigError(f"family must be 'residual' or 'quar', got {family!r}")
     if tuple(flow.event_shape) != shape or tuple(flow.domain) != (None, None):
@@ -796,6 +800,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quar-norm", choices=["full", "diagonal"], default=s.quar_norm,
                    help="QuAR norm option: full = (a) full masked weight, Lip(F) ≤ σ; diagonal = (b) diagonal "
                         "blocks only (default: %(default)s)")
+    p.add_argument("--quar-recompute", nargs="*", choices=ARCHS, default=list(s.quar_recompute),
+                   help="architectures whose QuAR blocks run again in backward rather than keep their graph "
+                        "(the block setting recompute; default: %(default)s)")
     p.add_argument("--plot", default="bench-compare.png", help="PNG of time and memory against input size")
     p.add_argument("--json", metavar="PATH", help="also write the whole table as JSON")
 
@@ -812,7 +819,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         QUICK_WARMUP_STEPS if args.quick else BASE_SETTINGS.warmup_steps)
     if warmup < 0:
         raise ConfigError(f"--warmup-steps must be ≥ 0, got {warmup}")
-    return replace(BASE_SETTINGS, quar_norm=args.quar_norm, rounds=rounds, warmup_steps=warmup,
+    return replace(BASE_SETTINGS, quar_norm=args.quar_norm, quar_recompute=tuple(args.quar_recompute), rounds=rounds, warmup_steps=warmup,
                    min_time=args.min_time, device=device)
 
 
@@ -828,7 +835,8 @@ def _print_header(settings: Settings, head: dict[str, Any]) -> None:
     print(f"flowspec bench compare: {timing.describe_hardware(head['hardware'])}; {settings.dtype}")
     print(f"models: logit → [conv: 2×2 squeeze] → ActNorm → {settings.n_blocks} × (block → ActNorm); blocks "
           f"with 2 hidden layers of {settings.hidden_factor}× the input's width (conv: 3×3, 1×1, 3×3), "
-          f"{ACTIVATION.upper()}, coefficient {settings.coeff} (QuAR: σ); QuAR norm option {option}")
+          f"{ACTIVATION.upper()}, coefficient {settings.coeff} (QuAR: σ); QuAR norm option {option}; QuAR blocks "
+          f"recomputed in backward: {', '.join(settings.quar_recompute) or 'none'}")
     print(f"residual: training {settings.train_terms} exact terms + roulette (geometric, q = 0.5), Neumann "
           f"gradients with backward-in-forward; test {settings.eval_terms} exact terms + roulette tail; "
           f"QuAR: exact log-det by diagonal propagation")

@@ -95,7 +95,7 @@ def _plain(model: Flow, x: Tensor) -> Tensor:
 STAND_INS = compare.Families(
     make_residual=lambda arch, shape, *, coeff, **kw: _model(arch, shape, passes=1, **kw),
     configure_logdet=_configure,
-    make_quar=lambda arch, shape, *, sigma, norm, **kw: _model(arch, shape, passes=1, **kw),
+    make_quar=lambda arch, shape, *, sigma, norm, recompute, **kw: _model(arch, shape, passes=1, **kw),
     residual_plain_forward=_plain,
     quar_plain_forward=_plain,
     time_power_iteration=_time_norms,

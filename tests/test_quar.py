@@ -45,6 +45,7 @@ def _slack(layers: int, dtype: str = "float64") -> float:
     ({"dim": 3, "hidden_factors": [2], "norm": "spectral"}, "norm"),
     ({"dim": 3, "hidden_factors": [2], "activation": "tanh"}, "activation"),
     ({"dim": 3, "hidden_factors": [2], "inverse": "newton"}, "inverse"),
+    ({"dim": 3, "hidden_factors": [2], "recompute": 1}, "recompute"),
 ])
 def test_mlp_rejects_bad_configs(kwargs: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -275,6 +276,38 @@ def test_a_checkpoint_reloads_exactly(kind: str, config: dict) -> None:
         target(x)
     for estimate, norm in zip(target.power_iteration_state().double().numpy(), rq.exact_layer_norms(target.to_spec())):
         assert_close(estimate / norm, 1.0, "norm_bound", "float32", 1)
+
+
+@pytest.mark.parametrize("kind, config", [("quar_mlp", MLP), ("quar_conv", CONV),
+                                          ("quar_conv", {**CONV, "norm": "diagonal"})])
+def test_recompute_keeps_values_and_gradients_and_saves_less(kind: str, config: dict) -> None:
+    """``recompute=True`` (the block run again in backward): the same z, log-det and gradients w.r.t.
+    the parameters and the input as the plain forward, bit for bit, in training steps that move the
+    weights (each step's norms estimated once, before its forward), with less saved for backward."""
+    from flowspec.accelerated import memory
+
+    spec = _spec(kind, config, "recompute")
+    plain, again = from_spec(spec), from_spec(spec)
+    again.recompute = True
+    x = torch.as_tensor(rng("test_quar", "recompute-x").standard_normal((3,) + rq.event_shape(config)))
+    optimizers = [torch.optim.Adam(f.parameters(), lr=0.05) for f in (plain, again)]
+    for _ in range(3):
+        grads = []
+        for flow, optimizer in zip((plain, again), optimizers):
+            flow.train()
+            optimizer.zero_grad()
+            x_leaf = x.clone().requires_grad_(True)
+            z, logdet = flow(x_leaf)
+            loss = (z ** 2).sum() - (logdet * torch.tensor([1.0, -2.0, 0.5], dtype=x.dtype)).sum()
+            grads.append([t.detach().clone() for t in torch.autograd.grad(loss, [x_leaf, *flow.parameters()])]
+                         + [z.detach(), logdet.detach()])
+            for p, g in zip(flow.parameters(), grads[-1][1:]):
+                p.grad = g.clone()
+            optimizer.step()
+        for a, b in zip(*grads):
+            assert torch.equal(a, b)
+    saved = [memory.saved_tensor_bytes(lambda: f(x.clone().requires_grad_(True))[1].sum().backward()) for f in (plain, again)]
+    assert saved[1] < saved[0]
 
 
 # ----------------------------------------------------------------------------- inverses
