@@ -42,7 +42,10 @@ state, so a resumed multi-process run is exact only where no process draws from 
 
 **Threads.** On the CPU, vector data trains with one torch thread unless ``threads`` says otherwise
 (the tensors are too small for intra-op threads to pay, and oversubscribed threads slow small
-operations down by an order of magnitude); image data keeps torch's default.
+operations down by an order of magnitude); image data keeps torch's default. The CPU allocator
+keeps freed memory in the process (:func:`~.memory.retain_freed_memory`: glibc otherwise returns
+each few-MiB activation to the kernel and faults it in again at the next allocation); the process
+then holds on to the memory of its largest step.
 """
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ from torch import Tensor, nn
 from flowspec.errors import ConfigError, FlowError, NumericalError
 
 from . import checkpoint, data as datasets, presets
+from .memory import retain_freed_memory
 from .training import Polyak, bits_per_dim, dequantize_with, uniform_log_q
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -293,6 +297,8 @@ class Trainer:
         threads = s.threads if s.threads is not None else (1 if self.kind == "vector" and s.device == "cpu" else None)
         if threads is not None:  # vectors: the tensors are too small for intra-op threads to pay
             torch.set_num_threads(int(threads))
+        if s.device == "cpu":  # page faults on every few-MiB activation otherwise (memory.py)
+            retain_freed_memory()
         if s.deterministic:
             torch.use_deterministic_algorithms(True)
 

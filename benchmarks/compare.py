@@ -856,8 +856,7 @@ def run_command(args: argparse.Namespace, families: Families | None = None) -> i
     except ConfigError as exc:
         print(f"flowspec bench compare: {exc}", file=sys.stderr)
         return 2
-    if torch.device(settings.device).type == "cpu":
-        torch.set_num_threads(args.threads)
+    timing.configure(settings.device, args.threads)
     families = families or real_families()
     head = header(settings)
     _print_header(settings, head)

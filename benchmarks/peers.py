@@ -560,8 +560,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.rounds < MIN_ROUNDS:
         print(f"flowspec bench peers: --rounds must be ≥ {MIN_ROUNDS}, got {args.rounds}")
         return 2
-    if torch.device(args.device).type == "cpu":
-        torch.set_num_threads(args.threads)
+    timing.configure(args.device, args.threads)
     header = _header(args)
     print(f"flowspec bench peers: {', '.join(f'{k} {v}' for k, v in header['versions'].items())}; "
           f"{header['threads']} thread(s), {args.device}, float32, batch {args.batch}")

@@ -656,9 +656,8 @@ def run_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"flowspec bench residual: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    if torch.device(args.device).type == "cpu":
-        torch.set_num_threads(args.threads)
     timing = _timing()
+    timing.configure(args.device, args.threads)
     cases = [quick_case(CASES[n]) if args.quick else CASES[n] for n in dict.fromkeys(args.cases)]
     header = {**timing.hardware(args.device), **_versions(), "dtype": "float32", "rounds": settings.rounds,
               "warmup_steps": settings.warmup, "memory_repeats": settings.memory_repeats,

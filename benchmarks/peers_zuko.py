@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except peers.Unavailable as exc:
         print(f"skipped: {exc}")
         return 0
-    torch.set_num_threads(args.threads)
+    peers.timing.configure("cpu", args.threads)
     for name in args.models:
         for dim in args.dims:
             counts = [peers.parameter_count(build(MODELS[name], dim).module) for build in (build_flowspec, build_zuko)]

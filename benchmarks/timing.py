@@ -170,15 +170,30 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def configure(device: str | torch.device, threads: int) -> None:
+    """The process settings every comparison runs under: ``threads`` CPU threads (on the CPU) and the
+    CPU allocator keeping freed memory (:func:`flowspec.accelerated.memory.retain_freed_memory`:
+    both contenders run in this process under it)."""
+    from flowspec.accelerated.memory import retain_freed_memory
+
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)
+    retain_freed_memory()
+
+
 def hardware(device: str | torch.device) -> dict[str, Any]:
-    """What a timing depends on: CPU model, torch's CPU threads, the CUDA device (name and CUDA
-    version) when ``device`` is one, and the torch and Python versions."""
+    """What a timing depends on: CPU model, torch's CPU threads, whether the CPU allocator keeps freed
+    memory (:func:`configure`), the CUDA device (name and CUDA version) when ``device`` is one, and the
+    torch and Python versions."""
+    from flowspec.accelerated.memory import freed_memory_retained
+
     device = torch.device(device)
     header: dict[str, Any] = {
         "device": str(device),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "cpu_allocator": "keeps freed memory" if freed_memory_retained() else "C library default",
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -192,6 +207,7 @@ def describe_hardware(header: dict[str, Any]) -> str:
     """One line of :func:`hardware`'s header, for the top of a printed table."""
     gpu = f", {header['cuda_device']} (CUDA {header['cuda']})" if "cuda_device" in header else ""
     return (f"{header['cpu']}, {header['threads']} thread(s){gpu}; device {header['device']}; "
+            f"CPU allocator: {header.get('cpu_allocator', 'C library default')}; "
             f"torch {header['torch']}, Python {header['python']}")
 
 

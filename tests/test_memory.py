@@ -97,3 +97,16 @@ def test_cuda_peak_catches_memory_held_during_the_step() -> None:
     lean = memory.peak_bytes(lambda: _lean(w, x), "cuda")
     hungry = memory.peak_bytes(lambda: _holds_extra(w, x), "cuda")
     assert hungry - lean == HOG
+
+
+def test_freed_memory_is_retained_on_glibc_and_the_header_says_so() -> None:
+    """``retain_freed_memory`` takes effect with glibc (mallopt accepts both settings) and the
+    comparison header reports it; elsewhere it reports that nothing changed."""
+    import platform
+
+    from flowspec.bench import load_benchmark
+
+    done = memory.retain_freed_memory()
+    assert done == (platform.libc_ver()[0] == "glibc") and memory.freed_memory_retained() == done
+    header = load_benchmark("timing").hardware("cpu")
+    assert header["cpu_allocator"] == ("keeps freed memory" if done else "C library default")

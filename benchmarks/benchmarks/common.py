@@ -1,7 +1,8 @@
 """What the benchmark modules share: one thread, skippable slow cases, and modules a commit may lack.
 
 * One thread (``OMP_NUM_THREADS=1`` before torch is imported, ``torch.set_num_threads(1)`` in every
-  setup) so that a 2-core machine gives stable figures.
+  setup) so that a 2-core machine gives stable figures, and the CPU allocator keeping freed memory
+  (:func:`one_thread`).
 * ``FLOWSPEC_BENCH_SKIP_SLOW=1`` skips the cases marked slow (asv reports them as skipped, ``n/a``).
 * A benchmark whose flow family is missing from the commit under test (``asv continuous`` against
   an older commit) is skipped, unless ``FLOWSPEC_BENCH_STRICT=1``, which the smoke check sets so
@@ -31,7 +32,14 @@ def _flag(name: str) -> bool:
 
 
 def one_thread() -> None:
+    """One thread, and the CPU allocator keeping freed memory where this commit's flowspec can
+    (``flowspec.accelerated.memory.retain_freed_memory``, as the comparison commands run)."""
     torch.set_num_threads(1)
+    try:
+        from flowspec.accelerated.memory import retain_freed_memory
+    except ImportError:
+        return
+    retain_freed_memory()
 
 
 def skip_if_slow(slow: bool) -> None:
