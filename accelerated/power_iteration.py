@@ -275,7 +275,8 @@ def lanczos(
     (at least two steps) or after ``max_steps`` (capped at the vectors' length, where the Krylov space
     is exhausted); ``rtol = 0`` runs every step (the probe). Returns ``(σ̂, u, v, report)`` with ``u``,
     ``v`` the unit Ritz vectors, a warm start for :func:`power_iteration`. With ``keep``, the final
-    Ritz pair is that of the Krylov space plus ``keep`` (:func:`_augmented`).
+    Ritz pair is that of the Krylov space plus ``keep`` (:func:`_augmented`). The bases live in
+    buffers of ``steps`` rows allocated once (:class:`_Basis`).
     """
     if rtol < 0 or max_steps < 1:
         raise ConfigError(f"Lanczos needs rtol ≥ 0 and max_steps ≥ 1, got rtol={rtol}, max_steps={max_steps}")
@@ -283,8 +284,8 @@ def lanczos(
     batch_dims = v.dim() - event_dims
     v = _unit(v, batch_dims, eps)
     steps = min(max_steps, v[(0,) * batch_dims].numel())
-    us: list[Tensor] = []
-    vs: list[Tensor] = []
+    vs = _Basis(v, steps + (keep is not None), batch_dims)
+    us: _Basis | None = None
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
     sigma, change, svd = None, float("inf"), None
@@ -292,10 +293,11 @@ def lanczos(
     for j in range(steps):
         vs.append(v)
         p = matvec(v) if u is None else matvec(v) - _scaled(beta, u, batch_dims)
+        us = us or _Basis(p, steps, batch_dims)
         alpha, u = _orthonormalised(p, us, batch_dims, eps)
         us.append(u)
         alphas.append(alpha)
-        beta, v = _orthonormalised(rmatvec(u) - _scaled(alpha, vs[-1], batch_dims), vs, batch_dims, eps)
+        beta, v = _orthonormalised(rmatvec(u) - _scaled(alpha, vs.last, batch_dims), vs, batch_dims, eps)
         betas.append(beta)
         if rtol == 0 and (j < steps - 1 or keep is not None):
             continue  # the probe: every step runs, the Ritz pair is needed once, at the end
@@ -317,7 +319,31 @@ def lanczos(
     return sigma, u_ritz, v_ritz, report
 
 
-def _augmented(matvec: Operator, bidiagonal: Tensor, us: list[Tensor], vs: list[Tensor], keep: Tensor,
+class _Basis:
+    """Up to ``rows`` vectors shaped like ``like`` (``(*batch, *event)``), kept flat in one buffer
+    ``(rows, *batch, n)`` filled row by row: the projections read a view of the rows so far instead
+    of stacking the vectors again at every step."""
+
+    def __init__(self, like: Tensor, rows: int, batch_dims: int):
+        self.shape, self.batch_dims = like.shape, batch_dims
+        self.buffer = like.new_empty((rows, *like.shape[:batch_dims], like[(0,) * batch_dims].numel()))
+        self.size = 0
+
+    def append(self, t: Tensor) -> None:
+        self.buffer[self.size] = t.reshape(self.buffer.shape[1:])
+        self.size += 1
+
+    @property
+    def rows(self) -> Tensor:
+        """The vectors so far, ``(size, *batch, n)``."""
+        return self.buffer[:self.size]
+
+    @property
+    def last(self) -> Tensor:
+        return self.buffer[self.size - 1].reshape(self.shape)
+
+
+def _augmented(matvec: Operator, bidiagonal: Tensor, us: _Basis, vs: _Basis, keep: Tensor,
                batch_dims: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """The top Ritz triple ``(σ̂, u, v)`` of W on span{V_j, keep}, from W V_j = U_j B_j: with k the part
     of ``keep`` orthogonal to V_j (unit; zero if none), W [V_j, k] = [U_j B_j, W k], whose Gram matrix
@@ -326,14 +352,15 @@ def _augmented(matvec: Operator, bidiagonal: Tensor, us: list[Tensor], vs: list[
     _, extra = _orthonormalised(keep, vs, batch_dims, eps)
     image = matvec(extra)
     flat = lambda t: t.reshape(*t.shape[:batch_dims], -1)  # noqa: E731
-    u_stack = torch.stack([flat(t) for t in us], dim=-2)  # (*batch, j, m)
+    u_stack = us.rows.movedim(0, -2)  # (*batch, j, m)
     cross = bidiagonal.mT @ (u_stack @ flat(image).unsqueeze(-1))  # (*batch, j, 1)
     corner = flat(image).square().sum(-1)[..., None, None]
     top = torch.cat([bidiagonal.mT @ bidiagonal, cross], dim=-1)
     gram = torch.cat([top, torch.cat([cross.mT, corner], dim=-1)], dim=-2).to(torch.float64)
     values, vectors = torch.linalg.eigh(gram)
     y = vectors[..., :, -1].to(keep.dtype)
-    v = _combine(y, [*vs, extra], batch_dims, eps)
+    vs.append(extra)
+    v = _combine(y, vs, batch_dims, eps)
     w_v = matvec(v)
     sigma = _norm(w_v, batch_dims)
     return sigma, _unit(w_v, batch_dims, eps), v
@@ -364,7 +391,7 @@ def _scaled(scale: Tensor, t: Tensor, batch_dims: int) -> Tensor:
     return scale.reshape(*scale.shape, *([1] * (t.dim() - batch_dims))) * t
 
 
-def _orthonormalised(t: Tensor, basis: list[Tensor], batch_dims: int, eps: float) -> tuple[Tensor, Tensor]:
+def _orthonormalised(t: Tensor, basis: _Basis, batch_dims: int, eps: float) -> tuple[Tensor, Tensor]:
     """``t`` made orthogonal to ``basis`` (classical Gram–Schmidt, twice, on the stacked basis), and its
     norm and direction; a direction that vanishes is returned as zeros.
 
@@ -376,10 +403,10 @@ def _orthonormalised(t: Tensor, basis: list[Tensor], batch_dims: int, eps: float
     zeros where less than half of it is left again (the basis spans the whole space), so that the
     relations the Ritz values rest on (orthonormal bases) keep holding to rounding. The norm
     returned is the one measured (a rounding-sized coefficient)."""
-    if not basis:
+    if basis.size == 0:
         norm = _norm(t, batch_dims)
         return torch.where(norm > eps, norm, torch.zeros_like(norm)), _unit_or_zero(t, norm, batch_dims, eps)
-    stacked = torch.stack(basis).reshape(len(basis), *t.shape[:batch_dims], -1)
+    stacked = basis.rows
     before = _norm(t, batch_dims)
     flat = _project_out(t.reshape(*t.shape[:batch_dims], -1), stacked, passes=2)
     norm = flat.norm(dim=-1)
@@ -417,7 +444,7 @@ def _bidiagonal(alphas: list[Tensor], betas: list[Tensor]) -> Tensor:
     return out
 
 
-def _combine(weights: Tensor, basis: list[Tensor], batch_dims: int, eps: float) -> Tensor:
-    """``Σ_i weights[..., i] · basis[i]``, normalised."""
-    total = sum(_scaled(weights[..., i], b, batch_dims) for i, b in enumerate(basis))
+def _combine(weights: Tensor, basis: _Basis, batch_dims: int, eps: float) -> Tensor:
+    """``Σ_i weights[..., i] · basis[i]``, normalised, shaped like the basis' vectors."""
+    total = torch.einsum("...k,k...n->...n", weights, basis.rows).reshape(basis.shape)
     return _unit(total, batch_dims, eps)
