@@ -90,8 +90,8 @@ from flowspec.errors import ConfigError
 
 from .base import softplus
 from .power_iteration import (
-    EXACT_MAX_DIM, GIVEN, PROBE_STEPS, PowerIterationReport, certified_gap, check_tolerances, exact_tolerance,
-    exact_top_pair, lanczos, power_iteration, probe, probe_tolerance,
+    EXACT_MAX_DIM, GIVEN, PROBE_STEPS, PowerIterationReport, certify_or_probe, check_tolerances, exact_top_pair,
+    lanczos, power_iteration,
 )
 
 LIPSWISH_DIVISOR = 1.1
@@ -629,30 +629,15 @@ class LipschitzNormalizer(nn.Module):
         return u.reshape(1, -1, height, width), v.reshape(1, -1, height, width)
 
     def _iterative_estimate(self, w: Tensor) -> PowerIterationReport:
-        """Large operators: the warm-started power iteration (:meth:`_warm_estimate`), certified for a
-        convolution by :func:`conv_norm_bound` where the bound is within the probe's tolerance of σ̂;
-        otherwise a probe of :data:`~.power_iteration.PROBE_STEPS` Lanczos steps from a fresh random
-        start joins (Rayleigh–Ritz on its Krylov space plus the warm vector), the better estimate is
-        kept, and the report states the certificate if it now holds, else the probe's guarantee
-        (module docstring)."""
+        """Large operators: the warm-started power iteration (:meth:`_warm_estimate`), then
+        :func:`~.power_iteration.certify_or_probe` with a convolution's :func:`conv_norm_bound` (none for
+        a matrix) and a probe of :data:`~.power_iteration.PROBE_STEPS` Lanczos steps (module docstring)."""
         warm = self._warm_estimate(w)
-        matvec, rmatvec = self._matvec(w), self._rmatvec(w)
-        event_dims = 1 if self.operator == "linear" else 3
-        n, m = (t[(0,) * (t.dim() - event_dims)].numel() for t in (self._v, self._u))
-        rounding = exact_tolerance(m, n, w.dtype)
-        tolerance = probe_tolerance(n, PROBE_STEPS, PROBE_FAILURE, rounding)
         bound = conv_norm_bound(w, self._spatial, self.padding) if self.operator == "conv" else math.inf
-        spent, estimate = warm.iterations, float(matvec(self._v).norm())
-        if certified_gap(bound, estimate, rounding) > tolerance:
-            sigma, u, v, found = probe(matvec, rmatvec, self._v, steps=PROBE_STEPS, tolerance=tolerance,
-                                       event_dims=event_dims, keep=self._v)
-            spent += found.iterations
-            if float(sigma.max()) > estimate:  # the probe's σ̂ is ‖W v‖ for its unit v
-                self._u, self._v, estimate = u, v, float(sigma.max())
-        gap = certified_gap(bound, estimate, rounding)
-        if gap <= tolerance:
-            return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "certified", gap, 0.0)
-        return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "probe", tolerance, PROBE_FAILURE)
+        self._u, self._v, report = certify_or_probe(
+            self._matvec(w), self._rmatvec(w), self._u, self._v, warm, bound=bound, steps=PROBE_STEPS,
+            failure=PROBE_FAILURE, event_dims=1 if self.operator == "linear" else 3)
+        return report
 
     def _warm_estimate(self, w: Tensor) -> PowerIterationReport:
         """Power iteration until the change of σ̂ is within atol + rtol·σ̂ (App. E), at most ``max_iter``

@@ -43,6 +43,7 @@ Step = Callable[[], Any]
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # glibc's largest mmap threshold on 64-bit systems
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int
+_retained = False  # whether retain_freed_memory took effect in this process
 
 
 def retain_freed_memory() -> bool:
@@ -62,9 +63,6 @@ def retain_freed_memory() -> bool:
     global _retained
     _retained = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     return _retained
-
-
-_retained = False
 
 
 def freed_memory_retained() -> bool:

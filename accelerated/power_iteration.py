@@ -293,7 +293,8 @@ def lanczos(
     for j in range(steps):
         vs.append(v)
         p = matvec(v) if u is None else matvec(v) - _scaled(beta, u, batch_dims)
-        us = us or _Basis(p, steps, batch_dims)
+        if us is None:
+            us = _Basis(p, steps, batch_dims)
         alpha, u = _orthonormalised(p, us, batch_dims, eps)
         us.append(u)
         alphas.append(alpha)
@@ -385,6 +386,36 @@ def probe(matvec: Operator, rmatvec: Operator, like: Tensor, *, steps: int = PRO
     report = PowerIterationReport(run.iterations, False, run.last_change, "probe", tolerance,
                                   probe_failure_probability(n, krylov_steps, tolerance))
     return sigma, u, v, report
+
+
+@torch.no_grad()
+def certify_or_probe(matvec: Operator, rmatvec: Operator, u: Tensor, v: Tensor, warm: PowerIterationReport, *,
+                     bound: float, steps: int, failure: float, event_dims: int = 1,
+                     ) -> tuple[Tensor, Tensor, PowerIterationReport]:
+    """What a warm estimate of a large operator guarantees: from the warm run's unit vectors ``u``,
+    ``v`` (batched like :func:`power_iteration`) and its ``warm`` report, with ``bound`` ≥ ‖W‖ (∞ where
+    there is none), σ̂ = ‖W v‖ is **certified** where :func:`certified_gap` is within the probe's
+    tolerance (:func:`probe_tolerance` at ``failure``, never below the rounding of
+    :func:`exact_tolerance`); otherwise a :func:`probe` of ``steps`` Lanczos steps joins (its Krylov
+    space plus ``v``), the better pair per batch entry is kept, and the report states the certificate
+    if it now holds, else the probe's guarantee. Returns ``(u, v, report)``."""
+    batch_dims = v.dim() - event_dims
+    n, m = (t[(0,) * batch_dims].numel() for t in (v, u))
+    rounding = exact_tolerance(m, n, v.dtype)
+    tolerance = probe_tolerance(n, steps, failure, rounding)
+    spent, estimate = warm.iterations, _norm(matvec(v), batch_dims)
+    if certified_gap(bound, float(estimate.min()), rounding) > tolerance:
+        probed, u_probe, v_probe, found = probe(matvec, rmatvec, v, steps=steps, tolerance=tolerance,
+                                                event_dims=event_dims, keep=v)
+        spent += found.iterations
+        better = probed > estimate  # the probe's σ̂ is ‖W v_probe‖ for its unit v_probe
+        shape = better.shape + (1,) * event_dims
+        u, v = torch.where(better.reshape(shape), u_probe, u), torch.where(better.reshape(shape), v_probe, v)
+        estimate = torch.where(better, probed, estimate)
+    gap = certified_gap(bound, float(estimate.min()), rounding)
+    if gap <= tolerance:
+        return u, v, PowerIterationReport(spent, warm.hit_cap, warm.last_change, "certified", gap, 0.0)
+    return u, v, PowerIterationReport(spent, warm.hit_cap, warm.last_change, "probe", tolerance, failure)
 
 
 def _scaled(scale: Tensor, t: Tensor, batch_dims: int) -> Tensor:

@@ -138,10 +138,7 @@ from .lipschitz import (
     PROBE_FAILURE, ELU, Activation, Identity, conv_norm_bound, conv_operator_matrix, make_activation,
     spread_over_pixels,
 )
-from .power_iteration import (
-    EXACT_MAX_DIM, GIVEN, PowerIterationReport, certified_gap, exact_tolerance, exact_top_pair, power_iteration, probe,
-    probe_tolerance,
-)
+from .power_iteration import EXACT_MAX_DIM, GIVEN, PowerIterationReport, certify_or_probe, exact_top_pair, power_iteration
 from .sequential import residual_stack
 
 NORMS = ("full", "diagonal")
@@ -416,48 +413,26 @@ class _QuARBlock(Flow):
 
     def _iterative_layer(self, i: int, weight: Tensor) -> PowerIterationReport:
         """Large layers: the warm run — the power iteration from the stored vectors until σ̂ changes
-        by at most ``pi_rtol`` relative (at most ``pi_max_iter`` iterations) — certified
-        for a convolution by :func:`~.lipschitz.conv_norm_bound` where the bound is within the probe's
-        tolerance of σ̂; otherwise a probe of ``krylov_steps`` Lanczos steps from a fresh random start
-        joins (its Krylov space plus the warm vector, :func:`~.power_iteration.probe`), the better
-        estimate (per block) is kept, and the report states the certificate if it
-        now holds, else the probe's guarantee at :data:`PROBE_FAILURE`."""
+        by at most ``pi_rtol`` relative (at most ``pi_max_iter`` iterations) — then
+        :func:`~.power_iteration.certify_or_probe` with a convolution's
+        :func:`~.lipschitz.conv_norm_bound` and a probe of ``krylov_steps`` Lanczos steps at
+        :data:`PROBE_FAILURE` (per block under option (b))."""
         rtol = self._default_pi_rtol() if self.pi_rtol is None else self.pi_rtol
         matvec, rmatvec, event_dims = self._operator(i, weight)
         u, v = getattr(self, f"u_{i}"), getattr(self, f"v_{i}")
         _, u_warm, v_warm, warm = power_iteration(matvec, rmatvec, u, v, atol=0.0, rtol=rtol,
                                                   max_iter=self.pi_max_iter, event_dims=event_dims)
-        n, m = (t[(0,) * (t.dim() - event_dims)].numel() for t in (v, u))
-        rounding = exact_tolerance(m, n, weight.dtype)
-        tolerance = probe_tolerance(n, self.krylov_steps, PROBE_FAILURE, rounding)
-        bound = self._conv_bound(weight)
-        spent = warm.iterations
-        u.copy_(u_warm)
-        v.copy_(v_warm)
-        estimate = self._batched_norm(matvec(v), event_dims)
-        if certified_gap(bound, float(estimate.min()), rounding) > tolerance:
-            probed, u_probe, v_probe, found = probe(matvec, rmatvec, v, steps=self.krylov_steps, tolerance=tolerance,
-                                                    event_dims=event_dims, keep=v)
-            spent += found.iterations
-            better = probed > estimate  # the probe's σ̂ is ‖W v_probe‖ for its unit v_probe
-            shape = better.shape + (1,) * event_dims
-            u.copy_(torch.where(better.reshape(shape), u_probe, u))
-            v.copy_(torch.where(better.reshape(shape), v_probe, v))
-            estimate = torch.where(better, probed, estimate)
-        gap = certified_gap(bound, float(estimate.min()), rounding)
-        if gap <= tolerance:
-            return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "certified", gap, 0.0)
-        return PowerIterationReport(spent, warm.hit_cap, warm.last_change, "probe", tolerance, PROBE_FAILURE)
+        u_new, v_new, report = certify_or_probe(matvec, rmatvec, u_warm, v_warm, warm, bound=self._conv_bound(weight),
+                                                steps=self.krylov_steps, failure=PROBE_FAILURE, event_dims=event_dims)
+        u.copy_(u_new)
+        v.copy_(v_new)
+        return report
 
     def _conv_bound(self, weight: Tensor) -> float:
         """:func:`~.lipschitz.conv_norm_bound` of a masked kernel measured in full, ∞ otherwise."""
         if self.norm != "full" or weight.dim() != 4:
             return math.inf
         return conv_norm_bound(weight, tuple(self.event_shape[1:]), weight.shape[-1] // 2)
-
-    @staticmethod
-    def _batched_norm(t: Tensor, event_dims: int) -> Tensor:
-        return t.reshape(*t.shape[:t.dim() - event_dims], -1).norm(dim=-1)
 
     def norm_guarantees(self) -> dict[str, dict[str, object]]:
         """Per layer (``weight_i``): how its current estimate was made and what it guarantees

@@ -270,9 +270,9 @@ def test_logdet_noise_is_what_the_forward_draws() -> None:
 @pytest.mark.parametrize("own_generator", [False, True])
 def test_backward_in_forward_replays_its_probes_for_per_sample_weights(probe: str, own_generator: bool) -> None:
     """Backward-in-forward keeps neither probes nor draws for backward (it draws them again); with
-    per-sample upstream weights on the log-det, where the backward needs them, its gradients equal
-    those of the same estimate with them given (which are kept), from the global generator and from
-    the block's own."""
+    per-sample upstream weights on the log-det, where the backward needs them, its gradients equal,
+    bit for bit, those of the same estimate with them given (which are kept), from the global
+    generator and from the block's own."""
     spec = _spec("residual_mlp", "replay", logdet="roulette", n_samples=2, probe=probe, neumann_grad=True,
                  grad_in_forward=True)
     flow = from_spec(spec).train()
@@ -297,8 +297,8 @@ def test_backward_in_forward_replays_its_probes_for_per_sample_weights(probe: st
     grads = torch.autograd.grad((z * zw).sum() + (logdet * lw).sum(), list(params.values()) + [x_leaf])
     expected, expected_x = flow.logdet_estimate_vjp(x, v, n, zw, lw)
     for (name, _), got in zip(params.items(), grads):
-        torch.testing.assert_close(got, expected[name], rtol=0, atol=1e-14, msg=name)
-    torch.testing.assert_close(grads[-1], expected_x, rtol=0, atol=1e-14)
+        assert torch.equal(got, expected[name]), name  # the same operations on the same noise
+    assert torch.equal(grads[-1], expected_x)
 
 
 def test_a_generator_makes_the_estimate_reproducible_and_draws_are_per_sample() -> None:
